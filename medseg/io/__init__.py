@@ -1,0 +1,31 @@
+"""Image input/output with exact geometry: DICOM series, NIfTI/NRRD/MHA volumes, radiographs."""
+
+from medseg.io.dicom_discovery import Discovery, Series, SliceHeader, discover_dicom, group_series
+from medseg.io.dicom_series import ReadOptions, read_series
+from medseg.io.loader import DicomStudy, load_volume, require_ct, scan_dicom
+from medseg.io.series_selection import Selection, SelectionRules, select_series
+from medseg.io.volume import AIR_HU, Volume, lps_to_ras
+from medseg.io.volume_files import read_itk_image, read_nifti, write_nifti
+
+__all__ = [
+    "AIR_HU",
+    "Discovery",
+    "DicomStudy",
+    "ReadOptions",
+    "Selection",
+    "SelectionRules",
+    "Series",
+    "SliceHeader",
+    "Volume",
+    "discover_dicom",
+    "group_series",
+    "load_volume",
+    "lps_to_ras",
+    "read_itk_image",
+    "read_nifti",
+    "read_series",
+    "require_ct",
+    "scan_dicom",
+    "select_series",
+    "write_nifti",
+]

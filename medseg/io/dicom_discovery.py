@@ -1,0 +1,218 @@
+"""Find DICOM files in a folder tree and group them into series (headers only, no pixel data)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medseg.errors import InputError
+
+__all__ = ["SliceHeader", "Series", "Discovery", "discover_dicom", "read_header", "group_series"]
+
+log = logging.getLogger(__name__)
+
+_NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC"}
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+@dataclass
+class SliceHeader:
+    """One DICOM image file, described from its header alone."""
+
+    path: str
+    dataset: Dataset
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return self.dataset.get(keyword, default)
+
+    @property
+    def orientation(self) -> np.ndarray | None:
+        value = self.get("ImageOrientationPatient")
+        return None if value is None or len(value) != 6 else np.array(value, dtype=np.float64)
+
+    @property
+    def position(self) -> np.ndarray | None:
+        value = self.get("ImagePositionPatient")
+        return None if value is None or len(value) != 3 else np.array(value, dtype=np.float64)
+
+    @property
+    def matrix(self) -> tuple[int, int]:
+        return int(self.get("Rows", 0) or 0), int(self.get("Columns", 0) or 0)
+
+
+@dataclass
+class Series:
+    """Files sharing one SeriesInstanceUID, one orientation and one matrix size."""
+
+    key: str
+    slices: list[SliceHeader]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def first(self) -> SliceHeader:
+        return self.slices[0]
+
+    @property
+    def modality(self) -> str | None:
+        return self.first.get("Modality") or None
+
+    @property
+    def description(self) -> str:
+        return str(self.first.get("SeriesDescription", "") or "")
+
+    @property
+    def image_type(self) -> tuple[str, ...]:
+        value = self.first.get("ImageType") or ()
+        return tuple(str(v).upper() for v in (value if not isinstance(value, str) else value.split("\\")))
+
+    @property
+    def slice_thickness(self) -> float | None:
+        value = self.first.get("SliceThickness")
+        try:
+            return float(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(self.first.path)
+
+    def summary(self) -> dict[str, Any]:
+        rows, cols = self.first.matrix
+        return {
+            "key": self.key,
+            "modality": self.modality,
+            "description": self.description,
+            "image_type": list(self.image_type),
+            "slices": len(self.slices),
+            "matrix": [rows, cols],
+            "slice_thickness_mm": self.slice_thickness,
+            "folder": self.folder,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class Discovery:
+    """What a folder walk found."""
+
+    headers: list[SliceHeader]
+    skipped_non_dicom: int = 0
+    skipped_non_image: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "image_files": len(self.headers),
+            "skipped_non_dicom": self.skipped_non_dicom,
+            "skipped_non_image_dicom": self.skipped_non_image,
+            "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+        }
+
+
+def _looks_like_dicom(path: str) -> bool:
+    """Cheap magic check: 'DICM' at byte 128, or a raw data set starting with group 0002/0008."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    return head[:2] in (b"\x02\x00", b"\x08\x00") and len(head) >= 8
+
+
+def read_header(path: str | os.PathLike[str]) -> Dataset:
+    """Read a DICOM header without pixel data; raise `InputError` naming the file on failure."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a readable DICOM file ({exc})", path) from exc
+
+
+def _is_image(ds: Dataset) -> bool:
+    if str(ds.get("SOPClassUID", "")) == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        return False
+    if str(ds.get("Modality", "")).upper() in _NON_IMAGE_MODALITIES:
+        return False
+    return bool(ds.get("Rows")) and bool(ds.get("Columns"))
+
+
+def _iter_files(root: Path) -> Iterable[str]:
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            yield os.path.join(folder, name)
+
+
+def discover_dicom(root: str | os.PathLike[str]) -> Discovery:
+    """Walk `root` (a folder or one file) and read the header of every DICOM image file once."""
+    root_path = Path(root)
+    if not root_path.exists():
+        raise InputError("no such file or folder", root_path)
+    paths = [str(root_path)] if root_path.is_file() else _iter_files(root_path)
+    found = Discovery(headers=[])
+    for path in paths:
+        if not _looks_like_dicom(path):
+            found.skipped_non_dicom += 1
+            continue
+        try:
+            ds = read_header(path)
+        except InputError as exc:
+            found.unreadable.append((path, exc.message))
+            continue
+        if not _is_image(ds):
+            found.skipped_non_image += 1
+            continue
+        found.headers.append(SliceHeader(path, ds))
+    log.debug("discovered %d DICOM image files under %s", len(found.headers), root_path)
+    return found
+
+
+def _series_uid(header: SliceHeader) -> str:
+    uid = header.get("SeriesInstanceUID")
+    if uid:
+        return str(uid)
+    # No UID (seen in anonymised exports): fall back to study + series number + folder.
+    number = header.get("SeriesNumber")
+    return f"{os.path.dirname(header.path)} (no SeriesInstanceUID{f', series {number}' if number else ''})"
+
+
+def _layout_key(header: SliceHeader) -> tuple[Any, ...]:
+    iop = header.orientation
+    rounded = tuple(np.round(iop, 3)) if iop is not None else None
+    return (rounded, header.matrix)
+
+
+def group_series(headers: Iterable[SliceHeader]) -> list[Series]:
+    """Group headers by SeriesInstanceUID, splitting a series that mixes orientations or matrix sizes."""
+    by_uid: dict[str, list[SliceHeader]] = defaultdict(list)
+    for header in headers:
+        by_uid[_series_uid(header)].append(header)
+    result: list[Series] = []
+    for uid, members in by_uid.items():
+        by_layout: dict[tuple[Any, ...], list[SliceHeader]] = defaultdict(list)
+        for header in members:
+            by_layout[_layout_key(header)].append(header)
+        if len(by_layout) == 1:
+            result.append(Series(uid, members))
+            continue
+        layouts = sorted(by_layout.items(), key=lambda item: -len(item[1]))
+        note = (
+            f"series {uid} mixes {len(layouts)} orientations/matrix sizes "
+            f"({', '.join(f'{k[1][0]}x{k[1][1]}' for k, _ in layouts)}): split into sub-series"
+        )
+        log.warning(note)
+        for index, (_, part) in enumerate(layouts, start=1):
+            result.append(Series(f"{uid}#{index}", part, notes=[note]))
+    return result

@@ -1,0 +1,199 @@
+"""Read one DICOM CT series into a `Volume` in Hounsfield units with an exact RAS affine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pydicom
+
+from medseg.errors import DicomError, GeometryError
+from medseg.io.dicom_discovery import Series, SliceHeader
+from medseg.io.slice_geometry import (
+    TILT_TOLERANCE_DEG,
+    StackGeometry,
+    analyse_stack,
+    check_uniform_spacing,
+    resample_tilted_to_orthogonal,
+    resample_to_uniform_spacing,
+)
+from medseg.io.volume import AIR_HU, Volume, lps_to_ras
+
+__all__ = ["ReadOptions", "read_series"]
+
+log = logging.getLogger(__name__)
+
+_KEPT_TAGS = (
+    "Modality", "PatientID", "PatientPosition", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
+    "SeriesDescription", "StudyDate", "Manufacturer", "ManufacturerModelName", "KVP", "ConvolutionKernel",
+    "SliceThickness", "BodyPartExamined", "FrameOfReferenceUID", "GantryDetectorTilt",
+)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to treat series that are not a clean, evenly spaced, orthogonal stack."""
+
+    on_gantry_tilt: Literal["resample", "error"] = "resample"
+    on_uneven_spacing: Literal["error", "resample"] = "error"
+    spacing_tolerance: float = 0.01
+    """Relative deviation from the median slice gap tolerated before slices count as uneven."""
+    workers: int = 0
+    """Threads decoding pixel data; 0 picks min(4, CPU count)."""
+
+
+def _number(header: SliceHeader, keyword: str, default: float) -> float:
+    value = header.get(keyword)
+    try:
+        return float(value) if value not in (None, "") else default
+    except (TypeError, ValueError) as exc:
+        raise DicomError(f"invalid {keyword} value {value!r}", header.path) from exc
+
+
+def _pixel_spacing(header: SliceHeader) -> tuple[float, float]:
+    value = header.get("PixelSpacing") or header.get("ImagerPixelSpacing")
+    if value is None or len(value) != 2:
+        raise DicomError("PixelSpacing missing: cannot place the image in space", header.path)
+    dy, dx = float(value[0]), float(value[1])
+    if dy <= 0 or dx <= 0:
+        raise DicomError(f"invalid PixelSpacing {list(value)}", header.path)
+    return dy, dx
+
+
+def _check_layout(series: Series) -> None:
+    first = series.first
+    for header in series.slices:
+        if header.matrix != first.matrix:
+            raise GeometryError(
+                f"mixed matrix sizes in one series: {first.matrix} ({os.path.basename(first.path)}) vs "
+                f"{header.matrix}", header.path)
+        if int(header.get("NumberOfFrames", 1) or 1) > 1:
+            raise DicomError("multi-frame (enhanced) images are not supported yet; export as single frames",
+                             header.path)
+        if header.position is None or header.orientation is None:
+            raise DicomError("ImagePositionPatient/ImageOrientationPatient missing: cannot place the slice",
+                             header.path)
+        if not np.allclose(header.orientation, first.orientation, atol=1e-3):
+            raise GeometryError("slices with different ImageOrientationPatient in one series", header.path)
+
+
+def _decode_slice(path: str, expected: tuple[int, int]) -> tuple[np.ndarray, float, float, np.ndarray | None]:
+    """Decode one file: stored pixel values, rescale slope/intercept, and the padding mask."""
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types; all mean "cannot decode"
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if "ds" in locals() else None
+        name = getattr(syntax, "name", "unknown transfer syntax")
+        raise DicomError(f"cannot decode pixel data ({name}): {exc}", path) from exc
+    if pixels.shape != expected:
+        raise DicomError(f"pixel data has shape {pixels.shape}, header says {expected}", path)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    padding = None
+    if "PixelPaddingValue" in ds:
+        low = int(ds.PixelPaddingValue)
+        high = int(ds.get("PixelPaddingRangeLimit", low))
+        low, high = min(low, high), max(low, high)
+        mask = (pixels >= low) & (pixels <= high)
+        padding = mask if mask.any() else None
+    return pixels, slope, intercept, padding
+
+
+def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
+    """Decode every slice once into a preallocated HU array and return it as a `Volume`.
+
+    HU are stored as int16 when the rescale keeps them integral and in range, float32 otherwise.
+    """
+    options = options or ReadOptions()
+    source = series.folder
+    _check_layout(series)
+    first = series.first
+    notes = list(series.notes)
+    geometry = analyse_stack(
+        first.orientation,
+        np.stack([h.position for h in series.slices]),
+        _pixel_spacing(first),
+        _number(first, "SpacingBetweenSlices", _number(first, "SliceThickness", 1.0)) or 1.0,
+        source=source,
+        labels=[os.path.basename(h.path) for h in series.slices],
+    )
+    tilted = geometry.tilt_deg > TILT_TOLERANCE_DEG
+    if tilted and options.on_gantry_tilt == "error":
+        raise GeometryError(f"gantry tilt of {geometry.tilt_deg:.2f} deg (sheared slice stack); "
+                            "re-run with gantry tilt resampling enabled to correct it", source)
+    spacing_problem = check_uniform_spacing(geometry, relative_tolerance=options.spacing_tolerance)
+    if spacing_problem and options.on_uneven_spacing == "error":
+        raise GeometryError(spacing_problem, source)
+
+    ordered = [series.slices[i] for i in geometry.order]
+    array = _decode_stack(ordered, first.matrix, options)
+
+    if spacing_problem:
+        array, geometry = resample_to_uniform_spacing(array, geometry)
+        notes.append(f"{spacing_problem}; resampled to {len(geometry.offsets)} evenly spaced slices")
+    affine_lps = geometry.affine_lps()
+    if tilted:
+        array, affine_lps = resample_tilted_to_orthogonal(array, affine_lps, fill=AIR_HU)
+        notes.append(f"gantry tilt {geometry.tilt_deg:.2f} deg corrected: resampled to an orthogonal grid")
+    for note in notes:
+        log.warning("%s: %s", source, note)
+
+    tags = {key: _plain(first.get(key)) for key in _KEPT_TAGS}
+    tags["TransferSyntaxUID"] = str(getattr(first.dataset.file_meta, "TransferSyntaxUID", "")) or None
+    exact_slices = not (tilted or spacing_problem)
+    return Volume(
+        array=array,
+        affine=lps_to_ras(affine_lps),
+        tags=tags,
+        source=source,
+        notes=notes,
+        slice_files=[h.path for h in ordered] if exact_slices else [],
+    )
+
+
+def _to_hu(path: str, matrix: tuple[int, int]) -> np.ndarray:
+    pixels, slope, intercept, padding = _decode_slice(path, matrix)
+    if slope == 1.0 and intercept.is_integer():
+        hu = pixels.astype(np.int32) + int(intercept)
+    else:
+        hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if padding is not None:
+        hu[padding] = AIR_HU
+    return hu
+
+
+def _decode_stack(ordered: list[SliceHeader], matrix: tuple[int, int], options: ReadOptions) -> np.ndarray:
+    """Decode slices (in worker threads) into a (k, j, i) C-ordered buffer; return its (i, j, k) view.
+
+    Only a bounded number of decoded slices wait in memory, so peak memory stays near the output size.
+    """
+    buffer = np.empty((len(ordered), *matrix), dtype=np.int16)
+    workers = options.workers or min(4, os.cpu_count() or 1)
+    paths = [h.path for h in ordered]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(paths), 4 * workers):
+            chunk = paths[start:start + 4 * workers]
+            for offset, hu in enumerate(pool.map(_to_hu, chunk, [matrix] * len(chunk))):
+                if buffer.dtype == np.int16 and (hu.dtype.kind == "f" or hu.min() < -32768 or hu.max() > 32767):
+                    buffer = buffer.astype(np.float32)
+                buffer[start + offset] = hu
+    return buffer.transpose(2, 1, 0)
+
+
+def _plain(value: object) -> object:
+    """Tag values as JSON-friendly Python types."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, pydicom.multival.MultiValue):
+        return [_plain(v) for v in value]
+    try:
+        return float(value) if isinstance(value, pydicom.valuerep.DSfloat) else str(value)
+    except (TypeError, ValueError):
+        return str(value)
