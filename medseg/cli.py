@@ -29,7 +29,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
 
 
-def _stderr_console():  # noqa: ANN202 - rich.console.Console
+def _stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
@@ -76,7 +76,7 @@ _modality_option = click.option("--modality", default="CT", show_default=True,
                                 help="Series modality to select ('any' to accept every modality).")
 
 
-def _rules_and_options(modality: str, gantry_tilt: str, uneven_spacing: str):  # noqa: ANN202
+def _rules_and_options(modality: str, gantry_tilt: str, uneven_spacing: str):
     from medseg.io import ReadOptions, SelectionRules
 
     modalities = None if modality.lower() == "any" else tuple(m.strip().upper() for m in modality.split(","))
@@ -132,6 +132,7 @@ def info(input_path: Path, as_json: bool, modality: str, gantry_tilt: str, uneve
 def demo(out: Path, seed: int) -> None:
     """Make a demo chest CT series and convert it to NIfTI (the README's main job)."""
     from medseg.data.demo_phantom import demo_chest_volume
+    from medseg.export.preview import save_orthogonal_views
     from medseg.info import describe_input, print_report
     from medseg.io import load_volume, write_nifti
     from medseg.io.dicom_write import SeriesInfo, write_ct_series
@@ -143,8 +144,9 @@ def demo(out: Path, seed: int) -> None:
     click.echo(f"wrote demo DICOM series: {dicom_dir} ({hu.shape[2]} slices)")
     volume = load_volume(dicom_dir)
     nifti = write_nifti(volume, out / "demo_ct.nii.gz")
+    preview = save_orthogonal_views(volume, out / "demo_ct_views.png")
     print_report(describe_input(nifti))
-    click.echo(f"demo done in {time.perf_counter() - started:.1f} s: {nifti}")
+    click.echo(f"demo done in {time.perf_counter() - started:.1f} s: {nifti}, preview {preview}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,11 +5,11 @@ from __future__ import annotations
 from os import PathLike
 
 __all__ = [
-    "MedsegError",
-    "InputError",
+    "ConfigError",
     "DicomError",
     "GeometryError",
-    "ConfigError",
+    "InputError",
+    "MedsegError",
 ]
 
 

@@ -13,7 +13,7 @@ from medseg.io.series_selection import SelectionRules
 from medseg.io.volume import Volume
 from medseg.io.volume_files import is_volume_file
 
-__all__ = ["describe_input", "print_report", "intensity_warnings"]
+__all__ = ["describe_input", "intensity_warnings", "print_report"]
 
 
 def intensity_warnings(volume: Volume) -> list[str]:
@@ -58,7 +58,7 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(f"[bold]{report['input']}[/]")
     if "image_files" in report:
         console.print(f"{report['image_files']} DICOM image file(s); skipped {report['skipped_non_dicom']} "

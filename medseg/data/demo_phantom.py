@@ -28,7 +28,7 @@ def demo_chest_volume(size: int = 192, slices: int = 64, seed: int = 0) -> tuple
     body = (x / 160) ** 2 + (y / 110) ** 2 <= 1
     hu[np.broadcast_to(body, hu.shape)] = 40
     for side in (-1, 1):
-        lung = ((x - side * 70) / 55) ** 2 + ((y + 5) / 75) ** 2 + (np.maximum(z, -60) / 110) ** 2 <= 1
+        lung = ((x - side * 70) / 55) ** 2 + ((y + 5) / 75) ** 2 + ((np.maximum(z, -60) + 5) / 72) ** 2 <= 1
         lung &= z > -70 - 8 * side          # right dome (x < 0) higher than left
         hu[lung] = -850
     heart = ((x - 20) / 45) ** 2 + ((y + 25) / 40) ** 2 + ((z + 30) / 45) ** 2 <= 1

@@ -9,8 +9,8 @@ from medseg.io.volume_files import read_itk_image, read_nifti, write_nifti
 
 __all__ = [
     "AIR_HU",
-    "Discovery",
     "DicomStudy",
+    "Discovery",
     "ReadOptions",
     "Selection",
     "SelectionRules",

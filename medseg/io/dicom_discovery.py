@@ -17,7 +17,7 @@ from pydicom.errors import InvalidDicomError
 
 from medseg.errors import InputError
 
-__all__ = ["SliceHeader", "Series", "Discovery", "discover_dicom", "read_header", "group_series"]
+__all__ = ["Discovery", "Series", "SliceHeader", "discover_dicom", "group_series", "read_header"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from medseg.errors import DicomError, GeometryError
 from medseg.io.dicom_discovery import Series, SliceHeader
 from medseg.io.slice_geometry import (
     TILT_TOLERANCE_DEG,
-    StackGeometry,
     analyse_stack,
     check_uniform_spacing,
     resample_tilted_to_orthogonal,
@@ -86,7 +85,7 @@ def _decode_slice(path: str, expected: tuple[int, int]) -> tuple[np.ndarray, flo
     try:
         ds = pydicom.dcmread(path, force=True)
         pixels = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types; all mean "cannot decode"
+    except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if "ds" in locals() else None
         name = getattr(syntax, "name", "unknown transfer syntax")
         raise DicomError(f"cannot decode pixel data ({name}): {exc}", path) from exc
@@ -99,7 +98,11 @@ def _decode_slice(path: str, expected: tuple[int, int]) -> tuple[np.ndarray, flo
         low = int(ds.PixelPaddingValue)
         high = int(ds.get("PixelPaddingRangeLimit", low))
         low, high = min(low, high), max(low, high)
-        mask = (pixels >= low) & (pixels <= high)
+        if max(low * slope + intercept, high * slope + intercept) < AIR_HU:
+            # Padding declared below air: lossy codecs perturb it, so everything below air is padding.
+            mask = pixels * slope + intercept < AIR_HU
+        else:
+            mask = (pixels >= low) & (pixels <= high)
         padding = mask if mask.any() else None
     return pixels, slope, intercept, padding
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, RLELossless, UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from medseg.io.atomic import atomic_path
 from medseg.io.volume import lps_to_ras
 
-__all__ = ["SeriesInfo", "write_ct_series", "CT_IMAGE_STORAGE"]
+__all__ = ["CT_IMAGE_STORAGE", "SeriesInfo", "write_ct_series"]
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 _WINDOWS = {"LUNG": (-600, 1500), "MEDIASTINUM": (40, 400)}

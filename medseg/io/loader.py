@@ -14,7 +14,7 @@ from medseg.io.series_selection import Selection, SelectionRules, select_series
 from medseg.io.volume import Volume
 from medseg.io.volume_files import ITK_SUFFIXES, NIFTI_SUFFIXES, read_itk_image, read_nifti
 
-__all__ = ["DicomStudy", "scan_dicom", "load_volume", "require_ct"]
+__all__ = ["DicomStudy", "load_volume", "require_ct", "scan_dicom"]
 
 
 @dataclass

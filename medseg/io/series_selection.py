@@ -11,9 +11,9 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.dicom_discovery import Series
 
-__all__ = ["SelectionRules", "SeriesVerdict", "Selection", "select_series", "obliquity_deg"]
+__all__ = ["Selection", "SelectionRules", "SeriesVerdict", "obliquity_deg", "select_series"]
 
-_RANKINGS = ("original", "most_slices", "thinnest")
+_RANKINGS = ("axial", "original", "most_slices", "thinnest")
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,12 @@ class SelectionRules:
     modalities: tuple[str, ...] | None = ("CT",)
     """Accepted modalities; None accepts any. A missing Modality tag is accepted with a note."""
     exclude_image_types: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCREEN SAVE")
-    max_obliquity_deg: float | None = 30.0
-    """Largest angle between the slice normal and the patient's head-foot axis; None: any plane."""
+    near_axial_deg: float = 30.0
+    """Series whose slice normal is within this angle of the head-foot axis count as axial."""
+    max_obliquity_deg: float | None = None
+    """Refuse series tilted further than this from axial; None keeps them (ranked after axial ones)."""
     min_slices: int = 1
-    rank_by: tuple[str, ...] = ("most_slices", "thinnest", "original")
+    rank_by: tuple[str, ...] = ("axial", "most_slices", "thinnest", "original")
 
     def __post_init__(self) -> None:
         unknown = [key for key in self.rank_by if key not in _RANKINGS]
@@ -90,14 +92,18 @@ def _judge(series: Series, rules: SelectionRules) -> SeriesVerdict:
         return SeriesVerdict(
             series, False, [f"not axial: slice normal {angle:.1f} deg from head-foot axis"]
         )
-    reasons.append(f"{len(series.slices)} slices, {angle:.1f} deg from axial")
+    plane = "axial" if angle <= rules.near_axial_deg else "not axial"
+    reasons.append(f"{len(series.slices)} slices, {plane} ({angle:.1f} deg from axial)")
     return SeriesVerdict(series, True, reasons)
 
 
 def _rank_key(series: Series, rules: SelectionRules) -> tuple[float, ...]:
     keys: list[float] = []
     for name in rules.rank_by:
-        if name == "most_slices":
+        if name == "axial":
+            angle = obliquity_deg(series)
+            keys.append(0 if angle is not None and angle <= rules.near_axial_deg else 1)
+        elif name == "most_slices":
             keys.append(-len(series.slices))
         elif name == "thinnest":
             keys.append(series.slice_thickness if series.slice_thickness else math.inf)

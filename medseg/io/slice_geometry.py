@@ -12,8 +12,8 @@ from medseg.errors import GeometryError
 __all__ = [
     "StackGeometry",
     "analyse_stack",
-    "resample_to_uniform_spacing",
     "resample_tilted_to_orthogonal",
+    "resample_to_uniform_spacing",
 ]
 
 DUPLICATE_TOLERANCE_MM = 1e-3
@@ -144,13 +144,13 @@ def resample_to_uniform_spacing(array: np.ndarray, geometry: StackGeometry) -> t
     """Linearly interpolate an (i, j, k) stack onto evenly spaced slices at the median gap."""
     spacing = geometry.slice_spacing
     length = geometry.offsets[-1] - geometry.offsets[0]
-    count = int(round(length / spacing)) + 1
+    count = round(length / spacing) + 1
     targets = geometry.offsets[0] + np.arange(count) * (length / (count - 1))
     upper = np.clip(np.searchsorted(geometry.offsets, targets, side="right"), 1, len(geometry.offsets) - 1)
     lower = upper - 1
     weight = (targets - geometry.offsets[lower]) / (geometry.offsets[upper] - geometry.offsets[lower])
-    out = np.empty(array.shape[:2] + (count,), dtype=np.float32)
-    for index, (lo, hi, w) in enumerate(zip(lower, upper, weight)):
+    out = np.empty((*array.shape[:2], count), dtype=np.float32)
+    for index, (lo, hi, w) in enumerate(zip(lower, upper, weight, strict=False)):
         out[:, :, index] = (1.0 - w) * array[:, :, lo] + w * array[:, :, hi]
     travel = geometry.positions[-1] - geometry.positions[0]
     fractions = (targets - targets[0]) / length

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Volume", "lps_to_ras", "AIR_HU"]
+__all__ = ["AIR_HU", "Volume", "lps_to_ras"]
 
 AIR_HU = -1024
 """Value given to padding voxels and to voxels outside the scanned field after resampling."""

@@ -11,7 +11,7 @@ from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.volume import Volume, lps_to_ras
 
-__all__ = ["NIFTI_SUFFIXES", "ITK_SUFFIXES", "read_nifti", "read_itk_image", "write_nifti", "is_volume_file"]
+__all__ = ["ITK_SUFFIXES", "NIFTI_SUFFIXES", "is_volume_file", "read_itk_image", "read_nifti", "write_nifti"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -42,7 +42,7 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
         array = np.asanyarray(image.dataobj)
     except FileNotFoundError as exc:
         raise InputError("no such file", path) from exc
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for damaged files
+    except Exception as exc:
         raise InputError(f"not a readable NIfTI file ({exc})", path) from exc
     return Volume(array=_squeeze_to_3d(array, path), affine=image.affine, source=str(path))
 
@@ -64,7 +64,7 @@ def read_itk_image(path: str | os.PathLike[str]) -> Volume:
                   source=str(path))
 
 
-def sitk_array_ijk(image) -> np.ndarray:  # noqa: ANN001 - SimpleITK.Image
+def sitk_array_ijk(image) -> np.ndarray:
     """SimpleITK's (k, j, i) array as an (i, j, k) view."""
     import SimpleITK as sitk
 
@@ -72,7 +72,7 @@ def sitk_array_ijk(image) -> np.ndarray:  # noqa: ANN001 - SimpleITK.Image
     return array.transpose(tuple(range(array.ndim))[::-1])
 
 
-def sitk_affine_ras(image) -> np.ndarray:  # noqa: ANN001 - SimpleITK.Image
+def sitk_affine_ras(image) -> np.ndarray:
     """The RAS voxel-to-world affine of a SimpleITK image (padded to 3D)."""
     dim = image.GetDimension()
     direction = np.eye(3)

@@ -19,7 +19,7 @@ import pydicom
 from PIL import Image, ImageOps
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing
 
 from medseg.errors import DicomError, InputError
 
@@ -36,6 +36,7 @@ _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 _DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_HEADER_ERRORS = (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError)
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
 _TAG_KEYS = (
     "Modality",
@@ -81,7 +82,8 @@ def read_radiograph(path: PathArg, *, voi: Literal["apply", "raw"] = "apply") ->
     path = Path(path)
     head = _read_head(path)
     is_dicom = head[128:132] == b"DICM"
-    if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)) or (path.suffix.lower() in _IMAGE_SUFFIXES and not is_dicom):
+    looks_like_bitmap = path.suffix.lower() in _IMAGE_SUFFIXES and not is_dicom
+    if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)) or looks_like_bitmap:
         return _read_bitmap(path)
     return _read_dicom(path, voi=voi, force=not is_dicom)
 
@@ -104,7 +106,7 @@ def is_radiograph_file(path: PathArg) -> bool:
                 path, stop_before_pixels=True, force=True, specific_tags=["Modality", "NumberOfFrames"]
             )
         frames = int(ds.get("NumberOfFrames") or 1)
-    except Exception:  # noqa: BLE001 - any failure to parse the header means "not a radiograph file"
+    except _HEADER_ERRORS:
         return False
     return str(ds.get("Modality") or "").upper() in RADIOGRAPH_MODALITIES and frames == 1
 
@@ -192,7 +194,7 @@ def _read_dicom(path: Path, *, voi: str, force: bool) -> Radiograph:
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = _dcmread(path, force)
+        ds = _dcmread(path, force, caught)
         _check_radiograph(ds, path, notes)
         photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
         try:
@@ -209,7 +211,7 @@ def _read_dicom(path: Path, *, voi: str, force: bool) -> Radiograph:
     return Radiograph(array.astype(np.float32), _pixel_spacing(ds, notes), str(path), tags, notes)
 
 
-def _dcmread(path: Path, force: bool) -> Dataset:
+def _dcmread(path: Path, force: bool, caught: list[warnings.WarningMessage]) -> Dataset:
     try:
         ds = pydicom.dcmread(path, force=force)
     except Exception as exc:
@@ -219,6 +221,13 @@ def _dcmread(path: Path, force: bool) -> Dataset:
     if "PixelData" not in ds:
         if force and "SOPClassUID" not in ds:
             raise InputError("not an image: not a DICOM, PNG or JPEG file", path)
+        eof = [
+            str(w.message).split(" in file ")[0] for w in caught if "end of file" in str(w.message).lower()
+        ]
+        if eof:
+            raise DicomError(
+                f"truncated file, pixel data incomplete ({' '.join(eof[0].split())[:200]})", path
+            )
         raise DicomError("DICOM file has no pixel data", path)
     return ds
 
@@ -285,10 +294,8 @@ def _apply_voi(
     """First VOI LUT if present, else first window; returns (data, kind, output range)."""
     lut_items = ds.get("VOILUTSequence")
     if lut_items and lut_items[0].get("LUTDescriptor") and lut_items[0].get("LUTData") is not None:
-        if not np.issubdtype(data.dtype, np.integer):
-            data = np.rint(data).astype(np.int64)
         depth = int(lut_items[0].LUTDescriptor[2])
-        return apply_voi(data, ds, 0), "lut", (0.0, float(2**depth - 1))
+        return _voi_lut(data, ds, lut_items[0]), "lut", (0.0, float(2**depth - 1))
     if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
         return data, "none", modality_range
     try:
@@ -299,7 +306,27 @@ def _apply_voi(
     return windowed, "window", modality_range
 
 
-def _colour_to_grey(pixels: np.ndarray, ds: Dataset, photometric: str, path: Path, notes: list[str]) -> np.ndarray:
+def _voi_lut(data: np.ndarray, ds: Dataset, item: Dataset) -> np.ndarray:
+    """Map values through a VOI LUT item (PS3.3 C.11.2.1.1): below first -> first entry, above -> last.
+
+    Written out because pydicom 3.0's `apply_voi` indexes with the LUT's output dtype, so an 8-bit LUT
+    with more than 256 entries wraps its indices.
+    """
+    entries, first, _ = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 2**16
+    element = item["LUTData"]
+    if element.VR == "OW" or isinstance(element.value, bytes):
+        little = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
+        lut = np.frombuffer(element.value, dtype="<u2" if little else ">u2", count=entries)
+    else:
+        lut = np.asarray(element.value, dtype=np.int64).ravel()
+    index = np.clip(np.rint(data).astype(np.int64) - first, 0, len(lut) - 1)
+    return lut[index].astype(np.float64)
+
+
+def _colour_to_grey(
+    pixels: np.ndarray, ds: Dataset, photometric: str, path: Path, notes: list[str]
+) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         try:
             pixels = apply_color_lut(pixels, ds)
@@ -325,7 +352,9 @@ def _pixel_spacing(ds: Dataset, notes: list[str]) -> tuple[float, float] | None:
             notes.append(f"{keyword} {value!r} ignored: not positive")
             continue
         if keyword == "ImagerPixelSpacing":
-            notes.append("pixel spacing from ImagerPixelSpacing (detector plane, not magnification-corrected)")
+            notes.append(
+                "pixel spacing from ImagerPixelSpacing (detector plane, not magnification corrected)"
+            )
         return row, col
     notes.append("no pixel spacing in file")
     return None

@@ -1,0 +1,1 @@
+"""Outputs people look at: previews, overlays, reports."""
