@@ -47,7 +47,7 @@ def test_info_json_reports_selection_and_geometry(series: Path) -> None:
 @pytest.mark.parametrize("setup, expected", [
     ("missing", "no such file or folder"),
     ("text", "no DICOM images found"),
-    ("truncated", "cannot decode pixel data"),
+    ("truncated", "truncated pixel data"),
     ("badnifti", "not a readable NIfTI file"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(series: Path, tmp_path: Path, setup: str, expected: str) -> None:

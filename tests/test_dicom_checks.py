@@ -167,3 +167,41 @@ def test_selection_with_nothing_usable_lists_reasons(tmp_path: Path) -> None:
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(InputError, match=r"no DICOM images found \(1 non-DICOM file\(s\) skipped\)"):
         load_volume(tmp_path / "empty")
+
+
+def _native_and_pydicom(path: Path) -> tuple[np.ndarray, np.ndarray, int | None]:
+    from medseg.io.dicom_discovery import read_header
+    from medseg.io.dicom_pixels import read_stored_pixels
+
+    ds, offset = read_header(path)
+    return read_stored_pixels(str(path), ds, offset), pydicom.dcmread(path).pixel_array, offset
+
+
+def test_native_fast_path_equals_pydicom_on_real_files(realdata: Path) -> None:
+    checked = 0
+    for path in sorted((realdata / "ct_dicom").rglob("*")):
+        if not path.is_file() or path.suffix == ".gz":
+            continue
+        ours, reference, offset = _native_and_pydicom(path)
+        checked += offset is not None
+        assert ours.dtype == reference.dtype and np.array_equal(ours, reference), path.name
+    assert checked >= 15  # the uncompressed files really took the fast path
+
+
+@pytest.mark.parametrize("signed, raw, expected", [
+    (0, [0xF123, 0x0123, 0x0FFF], [0x0123, 0x0123, 0x0FFF]),   # high bits outside BitsStored masked
+    (1, [0x0FFF, 0x0800, 0xF800], [-1, -2048, -2048]),          # 12-bit two's complement sign-extended
+])
+def test_native_fast_path_handles_bits_stored(tmp_path: Path, signed: int, raw: list[int],
+                                              expected: list[int]) -> None:
+    write_ct_series(np.zeros((4, 4, 1), np.int16), _axial_affine(), tmp_path)
+    path = next(tmp_path.glob("*.dcm"))
+    ds = pydicom.dcmread(path)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, signed
+    values = np.zeros(16, np.uint16)
+    values[: len(raw)] = raw
+    ds.PixelData = values.tobytes()
+    ds.save_as(path)
+    ours, reference, offset = _native_and_pydicom(path)
+    assert offset is not None
+    assert np.array_equal(ours, reference) and ours.ravel()[: len(raw)].tolist() == expected

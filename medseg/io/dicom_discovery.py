@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medseg.errors import InputError
+from medseg.io.dicom_pixels import locate_native_pixels
 
 __all__ = ["Discovery", "Series", "SliceHeader", "discover_dicom", "group_series", "read_header"]
 
@@ -31,6 +32,8 @@ class SliceHeader:
 
     path: str
     dataset: Dataset
+    native_pixel_offset: int | None = None
+    """Where uncompressed little-endian pixel values start in the file (None: decode with pydicom)."""
 
     def get(self, keyword: str, default: Any = None) -> Any:
         return self.dataset.get(keyword, default)
@@ -132,11 +135,16 @@ def _looks_like_dicom(path: str) -> bool:
     return head[:2] in (b"\x02\x00", b"\x08\x00") and len(head) >= 8
 
 
-def read_header(path: str | os.PathLike[str]) -> Dataset:
-    """Read a DICOM header without pixel data; raise `InputError` naming the file on failure."""
+def read_header(path: str | os.PathLike[str]) -> tuple[Dataset, int | None]:
+    """Read a DICOM header without pixel data, and where native pixel values start (if they do).
+
+    Raises `InputError` naming the file when it cannot be parsed.
+    """
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        with open(path, "rb") as handle:
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+            return ds, locate_native_pixels(handle, ds)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"not a readable DICOM file ({exc})", path) from exc
 
 
@@ -167,14 +175,14 @@ def discover_dicom(root: str | os.PathLike[str]) -> Discovery:
             found.skipped_non_dicom += 1
             continue
         try:
-            ds = read_header(path)
+            ds, offset = read_header(path)
         except InputError as exc:
             found.unreadable.append((path, exc.message))
             continue
         if not _is_image(ds):
             found.skipped_non_image += 1
             continue
-        found.headers.append(SliceHeader(path, ds))
+        found.headers.append(SliceHeader(path, ds, offset))
     log.debug("discovered %d DICOM image files under %s", len(found.headers), root_path)
     return found
 

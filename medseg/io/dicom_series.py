@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,6 +12,7 @@ import pydicom
 
 from medseg.errors import DicomError, GeometryError
 from medseg.io.dicom_discovery import Series, SliceHeader
+from medseg.io.dicom_pixels import read_stored_pixels
 from medseg.io.slice_geometry import (
     TILT_TOLERANCE_DEG,
     analyse_stack,
@@ -41,8 +41,6 @@ class ReadOptions:
     on_uneven_spacing: Literal["error", "resample"] = "error"
     spacing_tolerance: float = 0.01
     """Relative deviation from the median slice gap tolerated before slices count as uneven."""
-    workers: int = 0
-    """Threads decoding pixel data; 0 picks min(4, CPU count)."""
 
 
 def _number(header: SliceHeader, keyword: str, default: float) -> float:
@@ -80,31 +78,48 @@ def _check_layout(series: Series) -> None:
             raise GeometryError("slices with different ImageOrientationPatient in one series", header.path)
 
 
-def _decode_slice(path: str, expected: tuple[int, int]) -> tuple[np.ndarray, float, float, np.ndarray | None]:
-    """Decode one file: stored pixel values, rescale slope/intercept, and the padding mask."""
-    try:
-        ds = pydicom.dcmread(path, force=True)
-        pixels = ds.pixel_array
-    except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if "ds" in locals() else None
-        name = getattr(syntax, "name", "unknown transfer syntax")
-        raise DicomError(f"cannot decode pixel data ({name}): {exc}", path) from exc
-    if pixels.shape != expected:
-        raise DicomError(f"pixel data has shape {pixels.shape}, header says {expected}", path)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    padding = None
-    if "PixelPaddingValue" in ds:
-        low = int(ds.PixelPaddingValue)
-        high = int(ds.get("PixelPaddingRangeLimit", low))
-        low, high = min(low, high), max(low, high)
-        if max(low * slope + intercept, high * slope + intercept) < AIR_HU:
-            # Padding declared below air: lossy codecs perturb it, so everything below air is padding.
-            mask = pixels * slope + intercept < AIR_HU
+def _padding_mask(header: SliceHeader, pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray | None:
+    """Voxels holding PixelPaddingValue (or, when padding is declared below air, anything below air)."""
+    if "PixelPaddingValue" not in header.dataset:
+        return None
+    low = int(header.get("PixelPaddingValue"))
+    high = int(header.get("PixelPaddingRangeLimit", low))
+    low, high = min(low, high), max(low, high)
+    if slope > 0 and high * slope + intercept < AIR_HU:
+        # Padding declared below air: lossy codecs perturb it, so every stored value below air is padding.
+        mask = pixels < (AIR_HU - intercept) / slope
+    else:
+        mask = (pixels >= low) & (pixels <= high)
+    return mask if mask.any() else None
+
+
+def _decode_stack(ordered: list[SliceHeader]) -> np.ndarray:
+    """Decode slices straight into a (k, j, i) C-ordered buffer and return its (i, j, k) view.
+
+    HU stay int16 while the rescale is integral and in range (the usual CT case), else the buffer
+    becomes float32. Rescale and padding come from the headers read at discovery.
+    """
+    buffer = np.empty((len(ordered), *ordered[0].matrix), dtype=np.int16)
+    for index, header in enumerate(ordered):
+        pixels = read_stored_pixels(header.path, header.dataset, header.native_pixel_offset)
+        slope = _number(header, "RescaleSlope", 1.0) or 1.0
+        intercept = _number(header, "RescaleIntercept", 0.0)
+        integral = slope == 1.0 and intercept.is_integer()
+        if buffer.dtype == np.int16 and integral:
+            low, high = int(pixels.min()) + int(intercept), int(pixels.max()) + int(intercept)
+            integral = low >= -32768 and high <= 32767
+        if buffer.dtype == np.int16 and not integral:
+            buffer = buffer.astype(np.float32)
+        target = buffer[index]
+        if buffer.dtype == np.int16:
+            np.add(pixels, np.int32(intercept), out=target, casting="unsafe")
         else:
-            mask = (pixels >= low) & (pixels <= high)
-        padding = mask if mask.any() else None
-    return pixels, slope, intercept, padding
+            np.multiply(pixels, np.float32(slope), out=target, casting="unsafe")
+            target += np.float32(intercept)
+        padding = _padding_mask(header, pixels, slope, intercept)
+        if padding is not None:
+            target[padding] = AIR_HU
+    return buffer.transpose(2, 1, 0)
 
 
 def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
@@ -134,7 +149,7 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
         raise GeometryError(spacing_problem, source)
 
     ordered = [series.slices[i] for i in geometry.order]
-    array = _decode_stack(ordered, first.matrix, options)
+    array = _decode_stack(ordered)
 
     if spacing_problem:
         array, geometry = resample_to_uniform_spacing(array, geometry)
@@ -157,35 +172,6 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
         notes=notes,
         slice_files=[h.path for h in ordered] if exact_slices else [],
     )
-
-
-def _to_hu(path: str, matrix: tuple[int, int]) -> np.ndarray:
-    pixels, slope, intercept, padding = _decode_slice(path, matrix)
-    if slope == 1.0 and intercept.is_integer():
-        hu = pixels.astype(np.int32) + int(intercept)
-    else:
-        hu = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    if padding is not None:
-        hu[padding] = AIR_HU
-    return hu
-
-
-def _decode_stack(ordered: list[SliceHeader], matrix: tuple[int, int], options: ReadOptions) -> np.ndarray:
-    """Decode slices (in worker threads) into a (k, j, i) C-ordered buffer; return its (i, j, k) view.
-
-    Only a bounded number of decoded slices wait in memory, so peak memory stays near the output size.
-    """
-    buffer = np.empty((len(ordered), *matrix), dtype=np.int16)
-    workers = options.workers or min(4, os.cpu_count() or 1)
-    paths = [h.path for h in ordered]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(paths), 4 * workers):
-            chunk = paths[start:start + 4 * workers]
-            for offset, hu in enumerate(pool.map(_to_hu, chunk, [matrix] * len(chunk))):
-                if buffer.dtype == np.int16 and (hu.dtype.kind == "f" or hu.min() < -32768 or hu.max() > 32767):
-                    buffer = buffer.astype(np.float32)
-                buffer[start + offset] = hu
-    return buffer.transpose(2, 1, 0)
 
 
 def _plain(value: object) -> object:
