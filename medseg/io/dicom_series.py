@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import pydicom
 
 from medseg.errors import DicomError, GeometryError
 from medseg.io.dicom_discovery import Series, SliceHeader
 from medseg.io.dicom_pixels import read_stored_pixels
+from medseg.io.dicom_tags import plain_tag_value
 from medseg.io.slice_geometry import (
     TILT_TOLERANCE_DEG,
     analyse_stack,
@@ -161,7 +161,7 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
     for note in notes:
         log.warning("%s: %s", source, note)
 
-    tags = {key: _plain(first.get(key)) for key in _KEPT_TAGS}
+    tags = {key: plain_tag_value(first.get(key)) for key in _KEPT_TAGS}
     tags["TransferSyntaxUID"] = str(getattr(first.dataset.file_meta, "TransferSyntaxUID", "")) or None
     exact_slices = not (tilted or spacing_problem)
     return Volume(
@@ -173,16 +173,3 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
         slice_files=[h.path for h in ordered] if exact_slices else [],
     )
 
-
-def _plain(value: object) -> object:
-    """Tag values as JSON-friendly Python types."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float, str)):
-        return value
-    if isinstance(value, pydicom.multival.MultiValue):
-        return [_plain(v) for v in value]
-    try:
-        return float(value) if isinstance(value, pydicom.valuerep.DSfloat) else str(value)
-    except (TypeError, ValueError):
-        return str(value)

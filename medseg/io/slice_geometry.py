@@ -116,8 +116,7 @@ def analyse_stack(
     return geometry
 
 
-def check_uniform_spacing(geometry: StackGeometry, *, relative_tolerance: float = 0.01,
-                          source: str = "") -> str | None:
+def check_uniform_spacing(geometry: StackGeometry, *, relative_tolerance: float = 0.01) -> str | None:
     """Return None when slices are evenly spaced, else a specific description of the problem."""
     gaps = geometry.gaps
     if gaps.size < 2:

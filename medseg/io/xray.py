@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing
 
 from medseg.errors import DicomError, InputError
+from medseg.io.dicom_tags import plain_tag_value
 
 __all__ = ["RADIOGRAPH_MODALITIES", "Radiograph", "is_radiograph_file", "read_radiograph"]
 
@@ -206,7 +207,7 @@ def _read_dicom(path: Path, *, voi: str, force: bool) -> Radiograph:
         else:
             array, voi_kind = _monochrome(pixels, ds, photometric, path, voi, notes)
     notes.extend(f"pydicom: {' '.join(str(w.message).split())}" for w in caught)
-    tags = {key: _plain(ds.get(key)) for key in _TAG_KEYS}
+    tags = {key: plain_tag_value(ds.get(key)) for key in _TAG_KEYS}
     tags["voi"] = voi_kind
     return Radiograph(array.astype(np.float32), _pixel_spacing(ds, notes), str(path), tags, notes)
 
@@ -358,12 +359,3 @@ def _pixel_spacing(ds: Dataset, notes: list[str]) -> tuple[float, float] | None:
         return row, col
     notes.append("no pixel spacing in file")
     return None
-
-
-def _plain(value: Any) -> Any:
-    """A DICOM element value as a plain Python str/int (None when absent or empty)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        return int(value)
-    return str(value)
