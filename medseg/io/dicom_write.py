@@ -39,10 +39,12 @@ class SeriesInfo:
     rescale_intercept: float = -1024.0
     rescale_slope: float = 1.0
     pixel_padding_value: int | None = None
+    study_date: str = ""
+    """StudyDate/SeriesDate (YYYYMMDD); today when empty. Fix it (with the UIDs) for byte-identical output."""
 
 
 def _base_dataset(info: SeriesInfo, rows: int, cols: int, uids: dict[str, str]) -> Dataset:
-    now = dt.datetime.now()
+    now = dt.datetime.strptime(info.study_date, "%Y%m%d") if info.study_date else dt.datetime.now()
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = CT_IMAGE_STORAGE
@@ -53,6 +55,7 @@ def _base_dataset(info: SeriesInfo, rows: int, cols: int, uids: dict[str, str]) 
     ds.StudyInstanceUID = uids["study"]
     ds.StudyDate = now.strftime("%Y%m%d")
     ds.StudyTime = now.strftime("%H%M%S")
+    ds.SeriesDate = ds.StudyDate
     ds.ReferringPhysicianName = ""
     ds.StudyID = "1"
     ds.AccessionNumber = ""
@@ -95,7 +98,8 @@ def write_ct_series(
 
     Columns of the affine give the row direction * column spacing, the column direction * row spacing and
     the slice step; a step that is not along the slice normal makes a gantry-tilted (sheared) series.
-    Files are written atomically; `file_names` overrides the default `slice_0001.dcm`... names.
+    Files are written atomically; `file_names` overrides the default `slice_0001.dcm`... names. SOP
+    instance UIDs derive from the series UID, so fixed `info` UIDs and date give identical files.
     """
     info = info or SeriesInfo()
     hu = np.asarray(hu)
@@ -124,7 +128,7 @@ def write_ct_series(
     for k in range(slices):
         ds = Dataset()
         ds.update(template)
-        ds.SOPInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[uids["series"], str(k)])
         ds.InstanceNumber = k + 1
         position = affine_lps @ np.array([0.0, 0.0, k, 1.0])
         ds.ImagePositionPatient = [f"{v:.6f}" for v in position[:3]]
