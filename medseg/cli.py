@@ -10,12 +10,11 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.cli_errors import ErrorReportingGroup
 
 log = logging.getLogger("medseg")
 
@@ -35,25 +34,7 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-class MedsegGroup(click.Group):
-    """Turns medseg errors (and other expected failures) into one line on stderr and exit code 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (MedsegError, OSError) as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            if isinstance(exc, OSError) and not isinstance(exc, MedsegError):
-                where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-                message = f"{where}{exc.strerror or exc}"
-            else:
-                message = str(exc)
-            click.echo(f"medseg: error: {message}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=MedsegGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="medseg")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")

@@ -14,33 +14,14 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from medseg.errors import MedsegError
+from medseg.cli_errors import ErrorReportingGroup
 
 __all__ = ["data"]
 
 _MAX_WARNINGS_SHOWN = 10
 
 
-class _DataGroup(click.Group):
-    """Same contract as the main CLI: a MedsegError or OSError is one line on stderr and exit code 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (MedsegError, OSError) as exc:
-            root = ctx.find_root().obj
-            if isinstance(root, dict) and root.get("debug"):
-                raise
-            if isinstance(exc, MedsegError):
-                message = str(exc)
-            else:
-                where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-                message = f"{where}{exc.strerror or exc}"
-            click.echo(f"medseg: error: {message}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_DataGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def data() -> None:
     """Dataset manifests: validate them, export their schema, import public datasets."""
 

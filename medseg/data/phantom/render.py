@@ -23,7 +23,8 @@ from medseg.data.phantom.tubes import PaintTarget, fill_painter, paint_capsules,
 
 __all__ = ["Grid", "PhantomImage", "ScannerSettings", "render"]
 
-_SUB_PLANE_MM = 1.25
+_SUB_PLANE_MM = 1.6
+_THIN_SLICE_MM = 2.0
 LUNG_LABELS = {1: "right_lung", 2: "left_lung"}
 
 
@@ -65,7 +66,7 @@ ProgressCallback = Callable[[int, int], None]
 def _sub_plane_offsets(grid: Grid, enabled: bool) -> np.ndarray:
     """Positions (mm along k) of the sub-planes averaged into each slice: an odd count, centre included."""
     thickness = grid.slice_thickness or grid.spacing[2]
-    if not enabled or thickness <= _SUB_PLANE_MM:
+    if not enabled or thickness <= _THIN_SLICE_MM:   # thin slices: the in-plane kernel dominates
         return np.zeros(1)
     count = 2 * math.ceil((thickness / _SUB_PLANE_MM - 1) / 2) + 1
     return (np.arange(count) - (count - 1) / 2) * thickness / count
