@@ -66,7 +66,8 @@ def main() -> None:
     parts = breakdown(args.size, args.slices, work / "parts", args.seed)
     shutil.rmtree(work / "parts", ignore_errors=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} cores, python {platform.python_version()}")
     print(f"synth_ct_case {args.size}x{args.size}x{args.slices} ({', '.join(FINDINGS)}): "
           f"best {min(totals):.1f} s of {len(totals)} (all: {', '.join(f'{t:.1f}' for t in totals)})")
     for name, seconds in parts.items():

@@ -86,3 +86,12 @@ def ct(cases: int, out: Path, seed: int, size: int, slices: int | None, findings
         table.add_row(*row)
     Console().print(table)
     click.echo(f"manifest: {manifest}")
+
+
+def _register_radiographs() -> None:
+    from medseg.data.radiograph.cli import cxr
+
+    synth.add_command(cxr)
+
+
+_register_radiographs()

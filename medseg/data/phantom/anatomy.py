@@ -46,7 +46,7 @@ class ChestShape:
     dome_right_z: float            # top of the right hemidiaphragm
     dome_left_z: float             # top of the left one (lower)
     dome_depth: float              # how far the costophrenic recesses fall below the dome top
-    heart_scale: float             # > ~1.25 gives a cardiothoracic ratio above 0.5
+    heart_scale: float             # 1.33-1.55 (cardiomegaly) gives a cardiothoracic ratio above 0.5
     heart_centre: tuple[float, float, float]
     heart_axes: tuple[float, float, float]
     heart_angle_deg: float         # long axis rotated towards the patient's left
@@ -170,7 +170,7 @@ def sample_chest_shape(rng: np.random.Generator, *, heart_scale: float | None = 
         dome_depth=rng.uniform(55.0, 75.0) * (1.0 - 0.4 * hyperinflation),
         heart_scale=heart_scale if heart_scale is not None else _truncated_normal(rng, 1.0, 0.06, 0.85, 1.15),
         heart_centre=(rng.uniform(-22.0, -12.0), rng.uniform(14.0, 24.0), dome_right + rng.uniform(40.0, 52.0)),
-        heart_axes=(47.0, 40.0, 46.0),
+        heart_axes=(56.0, 42.0, 46.0),
         heart_angle_deg=rng.uniform(25.0, 45.0),
         spine_y=-body_back + 60.0,
         vertebra_pitch=rng.uniform(24.0, 28.0) * size,

@@ -14,6 +14,7 @@ __all__ = ["SmoothField"]
 
 def _weights(positions_mm: np.ndarray, nodes_mm: np.ndarray, correlation_mm: float) -> np.ndarray:
     weights = np.exp(-0.5 * ((positions_mm[:, None] - nodes_mm[None, :]) / (0.6 * correlation_mm)) ** 2)
+    weights[weights < 1e-12] = 0.0          # denormal floats make the matrix products ~10x slower
     return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
 
 

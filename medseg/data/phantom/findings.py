@@ -175,7 +175,7 @@ class Nodule:
 
 @dataclass(frozen=True)
 class Cardiomegaly:
-    """An enlarged heart (scale > 1.25 gives a cardiothoracic ratio above 0.5 on a PA film)."""
+    """An enlarged heart (scale 1.33-1.55: cardiothoracic ratio above 0.5 on a PA film)."""
 
     heart_scale: float
     kind: str = "cardiomegaly"

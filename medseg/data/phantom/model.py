@@ -348,8 +348,9 @@ def build_chest_model(seed: int, *, findings: Iterable[str] = (), posture: str =
         raise ValueError(f"posture must be 'supine' or 'upright', not {posture!r}")
     components = components or Components()
     anatomy_rng = component_rng(seed, "anatomy")
-    heart_scale = float(anatomy_rng.uniform(1.28, 1.5)) if "cardiomegaly" in kinds else None
-    hyperinflation = float(anatomy_rng.uniform(0.3, 1.0)) if "emphysema" in kinds else 0.0
+    # drawn from their own streams, so the same seed gives the same patient with or without these findings
+    heart_scale = float(component_rng(seed, "cardiomegaly").uniform(1.33, 1.55)) if "cardiomegaly" in kinds else None
+    hyperinflation = float(component_rng(seed, "hyperinflation").uniform(0.3, 1.0)) if "emphysema" in kinds else 0.0
     shape = sample_chest_shape(anatomy_rng, heart_scale=heart_scale, hyperinflation=hyperinflation)
     fissure_list = sample_fissures(component_rng(seed, "fissures"), shape)
     names = ("left_oblique", "right_oblique", "right_horizontal")
