@@ -14,7 +14,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 from medseg.io.atomic import atomic_path
 from medseg.io.volume import lps_to_ras
 
-__all__ = ["CT_IMAGE_STORAGE", "SeriesInfo", "write_ct_series"]
+__all__ = ["CT_IMAGE_STORAGE", "SeriesInfo", "file_meta", "write_ct_series"]
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 _WINDOWS = {"LUNG": (-600, 1500), "MEDIASTINUM": (40, 400)}
@@ -41,6 +41,16 @@ class SeriesInfo:
     pixel_padding_value: int | None = None
     study_date: str = ""
     """StudyDate/SeriesDate (YYYYMMDD); today when empty. Fix it (with the UIDs) for byte-identical output."""
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
+    """File meta information for an uncompressed explicit-VR little-endian object."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return meta
 
 
 def _base_dataset(info: SeriesInfo, rows: int, cols: int, uids: dict[str, str]) -> Dataset:
@@ -137,12 +147,7 @@ def write_ct_series(
         ds.SliceThickness = f"{info.slice_thickness or spacing:.6f}"
         ds.SliceLocation = f"{float(position[:3] @ normal):.6f}"
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta = meta
+        ds.file_meta = file_meta(CT_IMAGE_STORAGE, ds.SOPInstanceUID)
         if compress_rle:
             ds.compress(RLELossless)
         target = folder / names[k]

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, generate_uid
 
 from medseg.data.radiograph.detector import DISPLAY_WINDOW
 from medseg.io.atomic import atomic_path
+from medseg.io.dicom_write import file_meta
 
 __all__ = ["DX_FOR_PRESENTATION", "DxInfo", "deterministic_uid", "write_dx"]
 
@@ -123,12 +124,7 @@ def write_dx(path: str | os.PathLike[str], stored: np.ndarray, info: DxInfo) -> 
     ds = _dataset(stored, info)
     pixels = (_MAX - stored).astype(np.uint16) if info.monochrome1 else stored
     ds.PixelData = np.ascontiguousarray(pixels).astype("<u2").tobytes()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
+    ds.file_meta = file_meta(DX_FOR_PRESENTATION, ds.SOPInstanceUID)
     with atomic_path(path) as temporary:
         ds.save_as(temporary, enforce_file_format=True)
     return Path(path)
