@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import types
-import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from pydantic import (
     field_validator,
 )
 
+from medseg.configfile import ConfigSchemaError, format_validation_error, read_mapping
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import write_atomically
 
@@ -235,66 +234,8 @@ def _int_label_map(value: Mapping[Any, Any]) -> dict[int, str]:
     return result
 
 
-class ManifestSchemaError(ConfigError):
+class ManifestSchemaError(ConfigSchemaError):
     """A manifest does not match the schema; `errors` holds one line per problem."""
-
-    def __init__(self, errors: list[str], path: str | os.PathLike[str] | None = None) -> None:
-        self.errors = errors
-        message = errors[0] if len(errors) == 1 else f"{len(errors)} schema errors:\n  " + "\n  ".join(errors)
-        super().__init__(message, path)
-
-
-def _format_loc(loc: Sequence[Any]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
-def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The pydantic model found by following `loc` from `Manifest` (None when it leaves models)."""
-    model: Any = Manifest
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-            return None
-        model = _unwrap_model(model.model_fields[part].annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _unwrap_model(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (list, typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _unwrap_model(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def _format_error(error: Mapping[str, Any]) -> str:
-    loc = tuple(error["loc"])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        key = str(loc[-1])
-        model = _model_at(loc[:-1])
-        hint = ""
-        if model is not None:
-            close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(model.model_fields)})"
-        return f"{_format_loc(loc[:-1])}: unknown key '{key}'{hint}"
-    if kind == "missing":
-        return f"{_format_loc(loc[:-1])}: missing required key '{loc[-1]}'"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    value = error.get("input")
-    shown = "" if kind.startswith("value_error") or isinstance(value, (dict, list)) else f" (got {value!r:.60})"
-    return f"{_format_loc(loc)}: {message}{shown}"
 
 
 # ------------------------------------------------------------------------------------------ load/save
@@ -309,36 +250,17 @@ def _check_suffix(path: Path) -> str:
 
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and schema-check a manifest (YAML or JSON by suffix); errors name the file and the key."""
-    import yaml
-
     path = Path(path)
-    suffix = _check_suffix(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise InputError("no such file", path) from exc
-    except IsADirectoryError as exc:
-        raise InputError("is a folder, not a manifest file", path) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text ({exc.reason})", path) from exc
-    try:
-        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"invalid YAML{where}: {problem}", path) from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"a manifest must be a mapping at the top level, found {type(data).__name__}", path)
+    _check_suffix(path)
+    data = read_mapping(path, "manifest")
     if data.get("version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise ConfigError(f"unsupported manifest version {data.get('version')!r} (this medseg reads version "
                           f"{SCHEMA_VERSION})", path)
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestSchemaError([_format_error(error) for error in exc.errors()], path) from None
+        raise ManifestSchemaError([format_validation_error(error, Manifest) for error in exc.errors()],
+                                  path) from None
 
 
 def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
