@@ -1,0 +1,168 @@
+"""`medseg evaluate`: score predictions against references.
+
+Register with `main.add_command(evaluate)`; the group also works on its own (errors -> one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medseg.cli_errors import ErrorReportingGroup
+
+__all__ = ["evaluate"]
+
+
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def evaluate() -> None:
+    """Score model outputs against reference annotations."""
+
+
+def _number(value: float, digits: int) -> str:
+    if math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+def _mean_sd(stats: dict[str, Any], digits: int) -> str:
+    if not stats["n"]:
+        return "-"
+    sd = "" if math.isnan(stats["std"]) else f" ± {stats['std']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f}{sd}"
+
+
+def _console() -> Any:
+    """Console for stdout tables; 120 columns when piped (rich would use 80) unless COLUMNS is set."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)
+    return console
+
+
+_STATUS_NOTES = {"ok": "", "absent": "absent in both", "missing_in_pred": "missing in prediction",
+                 "missing_in_ref": "not in reference"}
+
+
+def _print_case(scores: Any, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("label", "Dice", "IoU", "HD95 mm", "ASSD mm", "ΔV %", "note"):
+        table.add_column(column, justify="left" if column in ("label", "note") else "right")
+    for s in scores.per_label:
+        table.add_row(s.name, _number(s.dice, 4), _number(s.iou, 4), _number(s.hd95_mm, 2), _number(s.assd_mm, 2),
+                      _number(s.volume_diff_percent, 1), _STATUS_NOTES[s.status])
+    table.add_section()
+    table.add_row("mean", _number(scores.mean_dice, 4), _number(scores.mean_iou, 4),
+                  _number(scores.mean_hd95_mm, 2), _number(scores.mean_assd_mm, 2), "", "")
+    table.caption = "mean: over the labels present in the reference"
+    _console().print(table)
+
+
+def _print_folder(result: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"{len(result)} case(s): {result.pred_dir} vs {result.ref_dir}", markup=False, highlight=False)
+    cases = Table(title_justify="left")
+    for column in ("case", "mean Dice", "worst label"):
+        cases.add_column(column, justify="right" if column == "mean Dice" else "left")
+    for case, scores in result.cases:
+        scored = [s for s in scores.per_label if s.in_reference]
+        worst = min(scored, key=lambda s: s.dice, default=None)
+        cases.add_row(case, _number(scores.mean_dice, 4),
+                      f"{worst.name} {_number(worst.dice, 4)}" if worst else "-")
+    console.print(cases)
+
+    summary = Table(title="per label: mean ± sd over the cases whose reference holds the label",
+                    title_justify="left")
+    for column in ("label", "n", "Dice", "Dice min", "HD95 mm", "ASSD mm", "ΔV %", "missing"):
+        summary.add_column(column, justify="left" if column in ("label", "missing") else "right")
+    for name, stats in result.summary["labels"].items():
+        missing = [f"{stats[key]} {where}" for key, where in (("n_missing_pred", "pred"), ("n_missing_ref", "ref"))
+                   if stats[key]]
+        summary.add_row(name, str(stats["n"]), _mean_sd(stats["dice"], 3), _number(stats["dice"]["min"], 3),
+                        _mean_sd(stats["hd95_mm"], 2), _mean_sd(stats["assd_mm"], 2),
+                        _mean_sd(stats["volume_diff_percent"], 1), ", ".join(missing) or "-")
+    overall = result.summary["mean_dice"]
+    summary.add_section()
+    summary.add_row("mean", str(overall["n"]), _mean_sd(overall, 3), _number(overall["min"], 3), "", "", "", "")
+    console.print(summary)
+
+
+def _run_folders(pred: Path, ref: Path, labels: str, ref_name: str | None, pred_name: str | None) -> Any:
+    from medseg.evaluate.segmentation import evaluate_pairs, pair_folders
+
+    pairs = pair_folders(pred, ref, ref_name=ref_name, pred_name=pred_name)
+    if len(pairs.pairs) < 2:
+        return evaluate_pairs(pairs, labels)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("scoring", total=len(pairs.pairs))
+
+        def on_case(done: int, total: int, case: str) -> None:
+            bar.update(task, completed=done, description=f"scored {case}")
+
+        return evaluate_pairs(pairs, labels, on_case=on_case)
+
+
+@evaluate.command("seg")
+@click.option("--pred", "pred", type=click.Path(path_type=Path), required=True,
+              help="Predicted label map, or a folder of them.")
+@click.option("--ref", "ref", type=click.Path(path_type=Path), required=True,
+              help="Reference label map, or a folder of them (same kind as --pred).")
+@click.option("--labels", type=click.Choice(["lobes", "lungs", "all"]), default="lobes", show_default=True,
+              help="Label set: lobes 1-5 (LUL LLL RUL RML RLL), lungs (1 right, 2 left), or every value present.")
+@click.option("--ref-name", help="Label file inside reference case folders (e.g. lobes.nii.gz).")
+@click.option("--pred-name", help="Label file inside prediction case folders [default: --ref-name if present, "
+              "else the folder's only volume file].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only (stdout).")
+@click.option("--out", type=click.Path(path_type=Path), help="Write a CSV: one row per case and label.")
+def seg(pred: Path, ref: Path, labels: str, ref_name: str | None, pred_name: str | None, as_json: bool,
+        out: Path | None) -> None:
+    """Dice, IoU, HD95, ASSD (mm) and volume differences per label.
+
+    --pred and --ref are two label files on the same grid, or two folders whose cases pair by name:
+    CASE.nii.gz, or a CASE/ subfolder holding --ref-name/--pred-name (or a single volume file).
+    Unpaired cases are listed as warnings. A label absent from both maps is skipped; a label in only one
+    scores Dice 0 and infinite distances (JSON null). Means run over the labels present in the reference.
+    """
+    from medseg.errors import InputError
+    from medseg.evaluate.segmentation import case_name, compare_files, write_scores_csv
+
+    for path in (pred, ref):
+        if not path.exists():
+            raise InputError("no such file or folder", path)
+    if pred.is_dir() != ref.is_dir():
+        raise InputError(f"--pred and --ref must both be files or both be folders ({pred} is a "
+                         f"{'folder' if pred.is_dir() else 'file'}, {ref} is a {'folder' if ref.is_dir() else 'file'})")
+    if pred.is_dir():
+        result = _run_folders(pred, ref, labels, ref_name, pred_name)
+        cases = result.cases
+        document: dict[str, Any] = result.to_dict()
+    else:
+        scores = compare_files(pred, ref, labels)
+        cases = [(case_name(pred) or pred.name, scores)]
+        document = scores.to_dict()
+    if out is not None:
+        write_scores_csv(cases, out)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    elif pred.is_dir():
+        _print_folder(result)
+    else:
+        _print_case(cases[0][1], f"{pred} vs {ref}")
+    if out is not None and not as_json:
+        click.echo(f"wrote {out}")
