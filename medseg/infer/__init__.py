@@ -1,0 +1,1 @@
+"""Inference: classical lung mask, volume segmentation."""
