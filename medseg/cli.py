@@ -132,10 +132,15 @@ def demo(out: Path, seed: int, size: int) -> None:
 
 def _register_subcommands() -> None:
     from medseg.cli_data import data
+    from medseg.cli_evaluate import evaluate
     from medseg.cli_synth import synth
+    from medseg.cli_train import segment, train
 
     main.add_command(synth)
     main.add_command(data)
+    main.add_command(evaluate)
+    main.add_command(train)
+    main.add_command(segment)
 
 
 _register_subcommands()

@@ -1,0 +1,107 @@
+"""Batched 2.5D slice inference on a model grid: HU volume in, class probabilities out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+__all__ = ["FlipTTA", "dice_per_class", "pad_to_multiple", "predict_volume", "window_batch"]
+
+_AIR_HU = -1024.0
+
+
+def pad_to_multiple(batch: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the last two axes up to a multiple of `multiple` (bottom/right); returns the original size."""
+    height, width = batch.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h or pad_w:
+        batch = F.pad(batch, (0, pad_w, 0, pad_h), value=value)
+    return batch, (height, width)
+
+
+class FlipTTA:
+    """Left-right flip test-time augmentation with a label correspondence.
+
+    `groups` maps each class to the group it belongs to on its own side and `mirror` maps groups to their
+    mirror groups (e.g. the right upper+middle lobes mirror the left upper lobe, whose lingula is the
+    middle lobe's counterpart). The flipped view's group totals are averaged with the direct view's, and
+    each group's total is split among its classes as in the direct view, so classes without an exact
+    mirror (the right middle lobe) keep their direct-view share.
+    """
+
+    def __init__(self, groups: Sequence[int], mirror: dict[int, int], axis: int = -2) -> None:
+        self.groups = torch.as_tensor(list(groups))
+        self.mirror = mirror
+        self.axis = axis
+
+    def combine(self, direct: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+        """Merge (B, C, H, W) probabilities of the direct view and of the (already un-flipped) mirrored view."""
+        result = direct.clone()
+        for group in torch.unique(self.groups).tolist():
+            members = (self.groups == group).nonzero().flatten()
+            mirror_members = (self.groups == self.mirror[group]).nonzero().flatten()
+            total = direct[:, members].sum(1, keepdim=True)
+            mirrored_total = flipped[:, mirror_members].sum(1, keepdim=True)
+            share = direct[:, members] / total.clamp_min(1e-6)
+            result[:, members] = share * (total + mirrored_total) / 2
+        return result
+
+
+@torch.inference_mode()
+def predict_volume(model: nn.Module, image: torch.Tensor, windows: Sequence[tuple[float, float]], stack: int,
+                   *, batch_size: int = 16, device: str | torch.device = "cpu", tta: FlipTTA | None = None,
+                   progress=None) -> torch.Tensor:
+    """Softmax probabilities (C, Z, X, Y) float32 for a slice-major (Z, X, Y) HU volume on the model grid.
+
+    Each slice z is predicted from the `stack` slices around it (edges clamped) windowed to channels.
+    `progress(done, total)` is called after each batch.
+    """
+    model.eval()
+    device = torch.device(device)
+    depth = image.shape[0]
+    half = stack // 2
+    padded = torch.cat([image[:1].expand(half, -1, -1), image, image[-1:].expand(half, -1, -1)]) if half else image
+    output: torch.Tensor | None = None
+    use_autocast = device.type == "cuda"
+    for start in range(0, depth, batch_size):
+        stop = min(depth, start + batch_size)
+        windows_of = torch.stack([padded[z:z + stack] for z in range(start, stop)])      # (B, k, X, Y)
+        batch = window_batch(windows_of, windows)                                          # (B, n*k, X, Y)
+        batch, (height, width) = pad_to_multiple(batch.to(device), 32, 0.0)
+        with torch.autocast(device.type, enabled=use_autocast):
+            probs = torch.softmax(model(batch).float(), dim=1)
+            if tta is not None:
+                flipped = torch.softmax(model(batch.flip(tta.axis)).float(), dim=1).flip(tta.axis)
+                probs = tta.combine(probs, flipped)
+        probs = probs[..., :height, :width].cpu()
+        if output is None:
+            output = torch.empty((probs.shape[1], depth, height, width), dtype=torch.float32)
+        output[:, start:stop] = probs.transpose(0, 1)
+        if progress is not None:
+            progress(stop, depth)
+    assert output is not None
+    return output
+
+
+def window_batch(stacks: torch.Tensor, windows: Sequence) -> torch.Tensor:
+    """(B, k, X, Y) HU stacks -> (B, n_windows * k, X, Y) in [0, 1], window-major within each sample."""
+    from medseg.transforms.intensity import window_channels
+
+    return window_channels(stacks.float().transpose(0, 1), windows).transpose(0, 1)
+
+
+def dice_per_class(prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor,
+                   classes: Sequence[int]) -> dict[int, float]:
+    """Dice of each class (NaN where absent from both)."""
+    prediction = torch.as_tensor(prediction)
+    reference = torch.as_tensor(reference)
+    scores = {}
+    for value in classes:
+        p, r = prediction == value, reference == value
+        denominator = int(p.sum() + r.sum())
+        scores[value] = float("nan") if denominator == 0 else 2.0 * int((p & r).sum()) / denominator
+    return scores

@@ -1,0 +1,1 @@
+"""Training: one loop (`trainer`), losses, configs, and task wiring (`segmentation`)."""

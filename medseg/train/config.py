@@ -1,0 +1,111 @@
+"""Training configs (`medseg train CONFIG.yaml`): pydantic schema, paths resolved against the config file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medseg.configfile import read_mapping, validate_config
+from medseg.train.losses import LossName
+
+__all__ = ["TrainConfig", "load_train_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    manifest: Path = Field(description="Dataset manifest (data_manifest/ schema); relative to the config file.")
+    train_splits: list[str] = Field(["train"], description="Manifest splits used for training.")
+    val_splits: list[str] = Field(["val"], description="Manifest splits used for validation / model selection.")
+    label: str = Field("lobes", description="Which entry of each case's `labels` holds the label map.")
+    cache_dir: Path | None = Field(None, description="Preprocessed-case cache (default: <output>/cache).")
+
+
+class ModelConfig(_Strict):
+    architecture: str = "unet_resnet18"
+    args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for create_model.")
+    pretrained: Path | None = Field(None, description="torchvision-format ImageNet ResNet .pth for the encoder.")
+
+
+class LossConfig(_Strict):
+    name: LossName = "dice_ce"
+    class_weights: list[float] | None = None
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class OptimizerConfig(_Strict):
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.02, ge=0, le=1, description="Final learning rate of the cosine, as a ratio.")
+
+
+class ScheduleConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1, description="Optimizer step every N batches.")
+    patch: tuple[int, int] = Field((192, 160), description="Training slice size on the model grid (pad / crop).")
+    patience: int | None = Field(None, ge=1, description="Early stopping after N epochs without improvement.")
+    val_every: int = Field(1, ge=1, description="Validate every N epochs (and at the last).")
+
+    @field_validator("patch")
+    @classmethod
+    def _multiple_of_32(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(n < 32 or n % 32 for n in value):
+            raise ValueError(f"patch sides must be multiples of 32 (the encoder downsamples 5 times), got {value}")
+        return value
+
+
+class TrainConfig(_Strict):
+    """A segmentation training run."""
+
+    task: Literal["lobes", "lungs"] = "lobes"
+    data: DataConfig
+    preprocessing: Path | dict[str, Any] = Field(
+        description="Preprocessing config file (configs/preprocessing/...) or the same mapping inline.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    seed: int = 0
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1 ...")
+    amp: Literal["auto", "on", "off"] = Field("auto", description="Mixed precision: auto = on CUDA only.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    output: Path = Field(Path("runs/lobes"), description="Run folder: checkpoints, metrics.csv, config copy.")
+
+    @model_validator(mode="after")
+    def _splits_differ(self) -> TrainConfig:
+        shared = set(self.data.train_splits) & set(self.data.val_splits)
+        if shared:
+            raise ValueError(f"data: splits {sorted(shared)} are used for both training and validation")
+        return self
+
+
+def load_train_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a training config; relative paths inside it are taken relative to the config file.
+
+    `overrides` are dotted keys (`schedule.epochs`) set before validation; their paths are relative to
+    the working directory.
+    """
+    path = Path(path)
+    data = read_mapping(path, "training config")
+    base = path.resolve().parent
+    for key, where in (("manifest", ("data",)), ("cache_dir", ("data",)), ("pretrained", ("model",))):
+        section = data.get(where[0])
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            section[key] = str(base / section[key])
+    if isinstance(data.get("preprocessing"), str):
+        data["preprocessing"] = str(base / data["preprocessing"])
+    for dotted, value in (overrides or {}).items():
+        target = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return validate_config(TrainConfig, data, path)

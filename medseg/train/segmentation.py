@@ -1,0 +1,195 @@
+"""Segmentation training task: manifest cases -> cached model-grid volumes -> 2.5D slice batches -> Trainer."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg.errors import ConfigError
+from medseg.train.config import TrainConfig
+from medseg.train.segmentation_data import CachedCase, SliceSampler, cache_case
+from medseg.train.trainer import LoopSettings, Trainer, TrainSummary
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_preprocessing", "train_segmentation"]
+
+
+def load_preprocessing(source: Path | dict[str, Any]):
+    """The PreprocessingConfig of a training config (file path or inline mapping)."""
+    from medseg.configfile import validate_config
+    from medseg.transforms import PreprocessingConfig, load_preprocessing_config
+
+    if isinstance(source, dict):
+        return validate_config(PreprocessingConfig, source, "preprocessing")
+    return load_preprocessing_config(source)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def _cases(config: TrainConfig, splits: list[str], preprocessing, cache_dir: Path) -> list[CachedCase]:
+    from medseg.data.manifest import load_manifest, resolve_path
+
+    manifest = load_manifest(config.data.manifest)
+    base = Path(config.data.manifest).parent
+    chosen = [c for c in manifest.cases if c.split in splits]
+    if not chosen:
+        raise ConfigError(f"no cases in splits {splits} (splits present: "
+                          f"{sorted({str(c.split) for c in manifest.cases})})", config.data.manifest)
+    cases = []
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"preparing {'/'.join(splits)} cases", total=len(chosen))
+        for record in chosen:
+            if config.data.label not in record.labels:
+                raise ConfigError(f"case {record.case_id} has no label {config.data.label!r}", config.data.manifest)
+            cases.append(cache_case(record.case_id, resolve_path(base, record.image),
+                                    resolve_path(base, str(record.labels[config.data.label])),
+                                    preprocessing.spacing, preprocessing.roi_margin_mm, cache_dir))
+            bar.advance(task)
+    return cases
+
+
+def _label_map(config: TrainConfig) -> dict[int, str]:
+    from medseg.data.manifest import load_manifest
+
+    label_map = load_manifest(config.data.manifest).label_map
+    if not isinstance(label_map, dict):
+        raise ConfigError("a segmentation manifest needs a label_map {value: name}", config.data.manifest)
+    return {int(k): str(v) for k, v in sorted(label_map.items())}
+
+
+class _Batches:
+    """Batches of augmented, windowed 2.5D samples for one epoch (seeded by seed and epoch)."""
+
+    def __init__(self, cases: list[CachedCase], preprocessing, patch: tuple[int, int], batch_size: int,
+                 seed: int) -> None:
+        from medseg.transforms import segmentation_augmentation
+
+        self.cases = cases
+        self.preprocessing = preprocessing
+        self.patch = patch
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment = segmentation_augmentation(preprocessing.augmentation)
+        self.windows = [(w.center, w.width) for w in preprocessing.windows]
+
+    def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from medseg.infer.predict import window_batch
+
+        sampler = SliceSampler(self.cases, self.preprocessing.stack, self.patch, seed=self.seed * 1000 + epoch)
+        self.augment.set_random_state(seed=self.seed * 1000 + epoch)
+        while True:
+            stacks, labels = zip(*(sampler.sample() for _ in range(self.batch_size)), strict=True)
+            images = window_batch(torch.from_numpy(np.stack(stacks)), self.windows)
+            label_tensor = torch.from_numpy(np.stack(labels)[:, None].astype(np.int64))
+            out_images, out_labels = [], []
+            for image, label in zip(images, label_tensor, strict=True):
+                sample = self.augment({"image": image, "label": label})
+                out_images.append(_plain(sample["image"]).float())
+                out_labels.append(_plain(sample["label"]).round().long())
+            yield torch.stack(out_images), torch.stack(out_labels)
+
+
+def _plain(value) -> torch.Tensor:
+    """A plain tensor (MONAI returns MetaTensors, whose bookkeeping slows the training step)."""
+    tensor = torch.as_tensor(value)
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
+def _validator(cases: list[CachedCase], preprocessing, labels: dict[int, str], device: torch.device,
+               batch_size: int):
+    from medseg.infer.predict import dice_per_class, predict_volume
+
+    windows = [(w.center, w.width) for w in preprocessing.windows]
+    foreground = [value for value in labels if value != 0]
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        per_class: dict[int, list[float]] = {value: [] for value in foreground}
+        for case in cases:
+            probs = predict_volume(model, torch.from_numpy(case.image), windows, preprocessing.stack,
+                                   batch_size=batch_size, device=device)
+            scores = dice_per_class(probs.argmax(0), case.label, foreground)
+            for value, score in scores.items():
+                if not np.isnan(score):
+                    per_class[value].append(score)
+        metrics = {f"val_dice_{labels[v]}": float(np.mean(s)) for v, s in per_class.items() if s}
+        metrics["val_dice"] = float(np.mean(list(metrics.values()))) if metrics else 0.0
+        model.train()
+        return metrics
+
+    return validate
+
+
+def train_segmentation(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+                       config_path: Path | None = None) -> TrainSummary:
+    """Train a 2.5D segmentation model as `config` says; checkpoints land in `config.output`."""
+    from medseg import __version__
+    from medseg.models import ModelCard, create_model, save_checkpoint
+
+    preprocessing = load_preprocessing(config.preprocessing)
+    if preprocessing.modality != "ct" or preprocessing.spacing is None:
+        raise ConfigError("segmentation training needs a CT preprocessing config with a target spacing")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    device = _resolve_device(config.device)
+    amp = config.amp == "on" or (config.amp == "auto" and device.type == "cuda")
+    run_dir = Path(config.output)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config_path is not None:
+        shutil.copyfile(config_path, run_dir / "config.yaml")
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
+
+    labels = _label_map(config)
+    train_cases = _cases(config, config.data.train_splits, preprocessing, cache_dir)
+    val_cases = _cases(config, config.data.val_splits, preprocessing, cache_dir)
+    log.info("training on %d cases, validating on %d", len(train_cases), len(val_cases))
+
+    architecture_args = {"in_channels": preprocessing.in_channels, "out_channels": max(labels) + 1,
+                         "spatial_dims": 2, **config.model.args}
+    log.info("model %s %s", config.model.architecture, architecture_args)
+    model = create_model(config.model.architecture, pretrained=config.model.pretrained, **architecture_args)
+    from medseg.train.losses import segmentation_loss
+
+    loss = segmentation_loss(config.loss.name, class_weights=config.loss.class_weights,
+                             label_smoothing=config.loss.label_smoothing)
+    schedule, optimizer = config.schedule, config.optimizer
+    settings = LoopSettings(epochs=schedule.epochs, steps_per_epoch=schedule.steps_per_epoch, lr=optimizer.lr,
+                            weight_decay=optimizer.weight_decay, warmup_steps=optimizer.warmup_steps,
+                            min_lr_ratio=optimizer.min_lr_ratio, grad_accum=schedule.grad_accum, amp=amp,
+                            patience=schedule.patience, val_every=schedule.val_every, seed=config.seed)
+
+    def save_model(path: Path, net: nn.Module, metrics: dict[str, float]) -> None:
+        card = ModelCard.from_model(net, task=config.task, labels=labels,
+                                    preprocessing=preprocessing.model_dump(mode="json"),
+                                    spacing=list(preprocessing.spacing), medseg_version=__version__,
+                                    metrics={k: float(v) for k, v in metrics.items()},
+                                    extra={"seed": config.seed, "train_cases": len(train_cases)})
+        save_checkpoint(path, net, card)
+
+    trainer = Trainer(model, loss, _Batches(train_cases, preprocessing, schedule.patch, schedule.batch_size,
+                                            config.seed),
+                      _validator(val_cases, preprocessing, labels, device, schedule.batch_size), settings, run_dir,
+                      save_model, device=device, progress=progress)
+    if resume:
+        trainer.resume()
+    return trainer.fit()

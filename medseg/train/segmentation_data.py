@@ -1,0 +1,145 @@
+"""Training data for 2.5D volume segmentation: cases cached on the model grid, slices sampled from them.
+
+Each case is read once (DICOM or NIfTI + label map), reoriented to RAS, cropped to its labelled lungs plus
+a margin and resampled to the model spacing exactly as inference does (`medseg.transforms.spatial`). The
+result is cached as `.npz` keyed by the source files and the preprocessing, so epochs after the first (and
+later runs) never re-read DICOM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.errors import ConfigError, InputError
+from medseg.transforms.spatial import CropResample, Reorientation, lung_box
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CachedCase", "SliceSampler", "cache_case", "stack_slices"]
+
+_CACHE_VERSION = 2
+
+
+@dataclass
+class CachedCase:
+    """One case on the model grid, slice-major: image (Z, X, Y) int16 HU, label (Z, X, Y) uint8."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+
+    @property
+    def slice_weights(self) -> np.ndarray:
+        """Sampling weight per slice: labelled area, plus a floor so every slice can be drawn."""
+        area = (self.label > 0).reshape(self.label.shape[0], -1).mean(axis=1)
+        return area + 0.1 * max(float(area.mean()), 1e-3)
+
+
+def _cache_key(image: Path, label: Path, spacing: Sequence[float], margin_mm: float) -> str:
+    def stamp(path: Path) -> list:
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        return [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+
+    payload = json.dumps([_CACHE_VERSION, str(image.resolve()), stamp(image), str(label.resolve()), stamp(label),
+                          [float(s) for s in spacing], float(margin_mm)])
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def cache_case(case_id: str, image: Path, label: Path, spacing: Sequence[float], margin_mm: float,
+               cache_dir: Path | None) -> CachedCase:
+    """Load (or read from the cache) one case resampled onto the model grid."""
+    key = _cache_key(image, label, spacing, margin_mm)
+    cached = cache_dir / f"{case_id}-{key}.npz" if cache_dir else None
+    if cached and cached.exists():
+        with np.load(cached) as data:
+            return CachedCase(case_id, data["image"], data["label"])
+    case = _prepare(case_id, image, label, spacing, margin_mm)
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_name(f".{cached.name}.tmp-{os.getpid()}.npz")
+        np.savez(temporary, image=case.image, label=case.label)
+        os.replace(temporary, cached)
+    return case
+
+
+def _prepare(case_id: str, image_path: Path, label_path: Path, spacing: Sequence[float],
+             margin_mm: float) -> CachedCase:
+    from medseg.io import load_volume
+
+    image = load_volume(image_path)
+    label = load_volume(label_path)
+    if image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-3):
+        raise InputError(f"label map {label_path} is not on the image's grid ({label.shape} vs {image.shape})",
+                         image_path)
+    orientation = Reorientation.to_ras(image.affine, image.shape)
+    hu = orientation.apply(image.array)
+    labels = orientation.apply(np.asarray(label.array))
+    source_spacing = np.linalg.norm(orientation.affine(image.affine)[:3, :3], axis=0)
+    start, stop = lung_box(labels > 0, source_spacing, margin_mm)
+    grid = CropResample.plan(start, stop, source_spacing, spacing)
+    resampled = grid.image(hu).round().clamp(-1024, 3071).to(torch.int16).numpy()
+    return CachedCase(case_id, resampled, grid.labels(labels).numpy())
+
+
+def stack_slices(image: np.ndarray, index: int, k: int) -> np.ndarray:
+    """Slices index-k//2 .. index+k//2 of a slice-major (Z, X, Y) array, edges clamped: (k, X, Y)."""
+    picks = np.clip(np.arange(index - k // 2, index + k // 2 + 1), 0, image.shape[0] - 1)
+    return image[picks]
+
+
+class SliceSampler:
+    """Endless stream of (stack, label) training samples of a fixed size, favouring lung slices."""
+
+    def __init__(self, cases: Sequence[CachedCase], stack: int, patch: Sequence[int], seed: int) -> None:
+        if not cases:
+            raise ConfigError("no training cases")
+        self.cases = list(cases)
+        self.stack = stack
+        self.patch = tuple(int(p) for p in patch)
+        self.rng = np.random.default_rng(seed)
+        self._weights = [c.slice_weights / c.slice_weights.sum() for c in self.cases]
+        sizes = np.array([c.image.shape[0] for c in self.cases], dtype=np.float64)
+        self._case_p = sizes / sizes.sum()
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One (k, H, W) int16 HU stack and its (H, W) label slice."""
+        n = self.rng.choice(len(self.cases), p=self._case_p)
+        case = self.cases[n]
+        index = int(self.rng.choice(case.image.shape[0], p=self._weights[n]))
+        stack = stack_slices(case.image, index, self.stack)
+        label = case.label[index]
+        return fit_to_patch(stack, label, self.patch, self.rng)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while True:
+            yield self.sample()
+
+
+def fit_to_patch(stack: np.ndarray, label: np.ndarray, patch: Sequence[int],
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (air / background) or crop (random, or centred without `rng`) a stack and label to `patch`."""
+    out_stack = np.full((stack.shape[0], *patch), -1024, dtype=stack.dtype)
+    out_label = np.zeros(tuple(patch), dtype=label.dtype)
+    source, target = [], []
+    for axis, size in enumerate(patch):
+        have = stack.shape[axis + 1]
+        if have <= size:
+            offset = (size - have) // 2 if rng is None else int(rng.integers(0, size - have + 1))
+            source.append(slice(0, have))
+            target.append(slice(offset, offset + have))
+        else:
+            offset = (have - size) // 2 if rng is None else int(rng.integers(0, have - size + 1))
+            source.append(slice(offset, offset + size))
+            target.append(slice(0, size))
+    out_stack[(slice(None), *target)] = stack[(slice(None), *source)]
+    out_label[tuple(target)] = label[tuple(source)]
+    return out_stack, out_label
