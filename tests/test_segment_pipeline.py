@@ -185,3 +185,17 @@ def test_flip_tta_averages_mirror_groups_and_keeps_the_middle_lobe_share() -> No
     # right upper + middle: (0.6 + 0.8) / 2 = 0.7, split 50/50 as in the direct view; lower (0.3 + 0.1) / 2
     assert torch.allclose(merged, torch.tensor([0.1, 0.0, 0.0, 0.35, 0.35, 0.2]), atol=1e-6)
     assert torch.isclose(merged.sum(), torch.tensor(1.0))
+
+
+def test_segment_files_isolates_failures_and_writes_the_rest(realdata: Path, tmp_path: Path) -> None:
+    from medseg.errors import InputError
+    from medseg.infer.segment import SegmentationResult, segment_files, segment_lungs
+
+    good = realdata / "ct_dicom" / "chest_slice_pair"
+    missing = tmp_path / "no_such_study"
+    pairs = [(missing, tmp_path / "a.nii.gz"), (good, tmp_path / "b.nii.gz")]
+    results = dict(segment_files(pairs, segment_lungs))
+    assert isinstance(results[missing], InputError) and not (tmp_path / "a.nii.gz").exists()
+    assert isinstance(results[good], SegmentationResult) and "write" in results[good].timings
+    written = nib.load(tmp_path / "b.nii.gz")
+    assert set(np.unique(np.asarray(written.dataobj))) == {0, 1, 2}

@@ -91,9 +91,10 @@ def _prepare(case_id: str, image_path: Path, label_path: Path, spacing: Sequence
 
 
 def stack_slices(image: np.ndarray, index: int, k: int) -> np.ndarray:
-    """Slices index-k//2 .. index+k//2 of a slice-major (Z, X, Y) array, edges clamped: (k, X, Y)."""
-    picks = np.clip(np.arange(index - k // 2, index + k // 2 + 1), 0, image.shape[0] - 1)
-    return image[picks]
+    """The 2.5D stack of slice `index` of a slice-major (Z, X, Y) array, edges clamped: (k, X, Y)."""
+    from medseg.transforms.stack import slice_stack_indices
+
+    return image[slice_stack_indices(index, k, image.shape[0])]
 
 
 class SliceSampler:
