@@ -36,6 +36,7 @@ from pydantic import (
 from medseg.configfile import ConfigSchemaError, format_validation_error, read_mapping
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import write_atomically
+from medseg.jsonable import to_json_types
 
 __all__ = [
     "LOBE_LABELS",
@@ -271,22 +272,8 @@ def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
     data = manifest.model_dump(mode="python")
     data["provenance"] = {key: value for key, value in data["provenance"].items() if value is not None}
     for case in data["cases"]:
-        case["metadata"] = _plain(case["metadata"])
+        case["metadata"] = to_json_types(case["metadata"])
     return data
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return Path(value).as_posix()
-    return value
 
 
 def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:

@@ -27,6 +27,7 @@ from torch import nn
 
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import atomic_path
+from medseg.jsonable import to_json_types
 from medseg.models.registry import create_model, get_model_entry
 
 __all__ = ["CHECKPOINT_FORMAT", "ModelCard", "load_checkpoint", "read_model_card", "save_checkpoint"]
@@ -57,21 +58,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _plain(value: Any, where: str) -> Any:
-    """`value` as JSON types (str keys, lists); numpy/torch scalars and arrays, tuples and paths converted."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, os.PathLike):
-        return Path(value).as_posix()
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays/scalars, torch tensors
-        return _plain(value.tolist(), where)
-    raise ValueError(f"{where}: {type(value).__name__} is not JSON-serialisable")
-
-
 class ModelCard(BaseModel):
     """What a checkpoint is: how to rebuild the model, what its outputs mean, how to feed it.
 
@@ -97,7 +83,7 @@ class ModelCard(BaseModel):
     @field_validator("architecture_args", "preprocessing", "metrics", "extra", mode="before")
     @classmethod
     def _json_types(cls, value: Any, info: Any) -> Any:
-        return _plain(value, info.field_name) if isinstance(value, Mapping) else value
+        return to_json_types(value, info.field_name, strict=True) if isinstance(value, Mapping) else value
 
     @field_validator("spacing")
     @classmethod

@@ -14,18 +14,17 @@ import difflib
 import fnmatch
 import inspect
 import logging
-import os
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic import create_model as create_pydantic_model
 
 from medseg.errors import ConfigError
+from medseg.jsonable import to_json_types
 
 if typing.TYPE_CHECKING:
     from torch import nn
@@ -160,19 +159,6 @@ def validate_model_args(name: str, kwargs: Mapping[str, Any], *, only_given: boo
     return {key: values[key] for key in kwargs} if only_given else values
 
 
-def _jsonable(value: Any) -> Any:
-    """Architecture arguments as JSON types (tuples -> lists, paths -> str, numpy scalars -> numbers)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return Path(value).as_posix()
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
-        return value.item()
-    return value
-
-
 def create_model(name: str, /, **kwargs: Any) -> nn.Module:
     """Build the registered model `name` with keyword arguments checked against its builder.
 
@@ -187,7 +173,7 @@ def create_model(name: str, /, **kwargs: Any) -> nn.Module:
         raise
     except (ValueError, TypeError, AssertionError, KeyError, IndexError) as exc:
         raise ConfigError(f"cannot build model '{name}' with {args}: {type(exc).__name__}: {exc}") from exc
-    recorded = {key: _jsonable(value) for key, value in args.items() if key not in NOT_RECORDED}
+    recorded = {key: to_json_types(value) for key, value in args.items() if key not in NOT_RECORDED}
     object.__setattr__(model, "medseg_architecture", name)
     object.__setattr__(model, "medseg_architecture_args", recorded)
     log.debug("created model %s with %s", name, recorded)

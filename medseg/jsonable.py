@@ -1,0 +1,29 @@
+"""Plain JSON types from nested Python/numpy/torch values (manifests, model cards, recorded arguments)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["to_json_types"]
+
+
+def to_json_types(value: Any, where: str = "value", *, strict: bool = False) -> Any:
+    """`value` with str keys, lists for tuples, POSIX strings for paths, numbers for numpy/torch scalars and
+    lists for arrays. Other types are returned as they are, or refused (`ValueError` naming `where`) when
+    `strict`."""
+    if isinstance(value, Mapping):
+        return {str(k): to_json_types(v, f"{where}.{k}", strict=strict) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_types(v, f"{where}[{i}]", strict=strict) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return Path(value).as_posix()
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays/scalars, torch tensors
+        return to_json_types(value.tolist(), where, strict=strict)
+    if strict:
+        raise ValueError(f"{where}: {type(value).__name__} is not JSON-serialisable")
+    return value
