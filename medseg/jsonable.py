@@ -18,12 +18,12 @@ def to_json_types(value: Any, where: str = "value", *, strict: bool = False) -> 
         return {str(k): to_json_types(v, f"{where}.{k}", strict=strict) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_json_types(v, f"{where}[{i}]", strict=strict) for i, v in enumerate(value)]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
     if isinstance(value, os.PathLike):
         return Path(value).as_posix()
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays/scalars, torch tensors
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays/scalars (np.float64 is a float), torch
         return to_json_types(value.tolist(), where, strict=strict)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     if strict:
         raise ValueError(f"{where}: {type(value).__name__} is not JSON-serialisable")
     return value
