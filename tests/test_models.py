@@ -151,7 +151,7 @@ def _expected_first_conv(rgb: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def test_registered_unets_are_listed():
-    assert list_models("unet_*") == ["unet_resnet18", "unet_resnet34", "unet_resnet50"]
+    assert list_models("unet_resnet*") == ["unet_resnet18", "unet_resnet34", "unet_resnet50"]
     assert "unet" in list_models()
     assert list_models() == sorted(list_models())
 

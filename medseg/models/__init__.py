@@ -5,6 +5,7 @@
     model, card = load_checkpoint("lobes.safetensors")
 """
 
+from medseg.models import classifier as _classifier  # noqa: F401  (registers the classifiers)
 from medseg.models import unet as _unet  # noqa: F401  (registers the built-in UNets)
 from medseg.models.checkpoint import ModelCard, load_checkpoint, read_model_card, save_checkpoint
 from medseg.models.config import create_model_from_config, load_model_config, validate_model_config

@@ -92,11 +92,11 @@ def _describe(layout: tuple[str, list[int]]) -> str:
     return f"{name} ({text})" if name else text
 
 
-def read_torchvision_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Tensors of a torchvision ResNet file (`torch.load(weights_only=True)`), unwrapped and de-prefixed.
+def read_torch_state_dict(path: str | os.PathLike[str], kind: str = "model") -> dict[str, torch.Tensor]:
+    """Tensors of a weights file (`torch.load(weights_only=True)`), unwrapped and with `module.` prefixes removed.
 
-    Accepts a plain state dict, `{"state_dict": ...}` or `{"model": ...}`, and `module.` prefixes.
-    Raises `InputError` for a missing file and `ConfigError` for anything that is not a ResNet state dict.
+    Accepts a plain state dict, `{"state_dict": ...}` or `{"model": ...}`. Raises `InputError` for a missing
+    file and `ConfigError` (naming `kind`, e.g. "ResNet") for anything that is not a state dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -110,7 +110,7 @@ def read_torchvision_state_dict(path: str | os.PathLike[str]) -> dict[str, torch
         if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
             data = data[wrapper]
     if not isinstance(data, Mapping) or not data:
-        raise ConfigError(f"not a ResNet state dict (found {type(data).__name__}"
+        raise ConfigError(f"not a {kind} state dict (found {type(data).__name__}"
                           f"{' (empty)' if isinstance(data, Mapping) else ''})", path)
     tensors: dict[str, torch.Tensor] = {}
     for key, value in data.items():
@@ -119,10 +119,16 @@ def read_torchvision_state_dict(path: str | os.PathLike[str]) -> dict[str, torch
             name = name[len("module."):]
         if isinstance(value, torch.Tensor):
             tensors[name] = value
+    return tensors
+
+
+def read_torchvision_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors of a torchvision ResNet file (see `read_torch_state_dict`); `ConfigError` if it is no ResNet."""
+    tensors = read_torch_state_dict(path, "ResNet")
     if FIRST_CONV not in tensors or not any(_BLOCK_KEY.match(k) for k in tensors):
-        shown = ", ".join(list(map(str, data))[:5])
+        shown = ", ".join(list(tensors)[:5])
         raise ConfigError("not a torchvision ResNet state dict (expected keys 'conv1.weight', 'bn1.*', "
-                          f"'layer1.0.conv1.weight', ...; found {len(data)} keys such as: {shown})", path)
+                          f"'layer1.0.conv1.weight', ...; found {len(tensors)} tensors such as: {shown})", path)
     return tensors
 
 
