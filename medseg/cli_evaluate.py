@@ -166,3 +166,123 @@ def seg(pred: Path, ref: Path, labels: str, ref_name: str | None, pred_name: str
         _print_case(cases[0][1], f"{pred} vs {ref}")
     if out is not None and not as_json:
         click.echo(f"wrote {out}")
+
+
+def _check_operating_point(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from medseg.errors import ConfigError
+    from medseg.evaluate.classification import parse_operating_point
+
+    try:
+        parse_operating_point(value)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message) from None
+    return value
+
+
+def _estimate(value: float, low: float, high: float, digits: int = 3) -> str:
+    if math.isnan(value):
+        return "-"
+    ci = "" if math.isnan(low) else f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{value:.{digits}f}{ci}"
+
+
+_PROGRESS_WORK = 4_000_000
+"""Resamples x images x classes above which `evaluate cls` shows a progress bar (about a second of work)."""
+
+
+def _run_classification(labels: Any, preds: Any, compare: Any, show_progress: bool, **options: Any) -> Any:
+    from medseg.evaluate.classification import evaluate_classification
+
+    if not show_progress:
+        return evaluate_classification(labels, preds, compare=compare, **options)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("bootstrapping", total=len(labels.classes) + 1 + (compare is not None))
+
+        def on_class(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"bootstrapping {name}")
+
+        return evaluate_classification(labels, preds, compare=compare, on_class=on_class, **options)
+
+
+def _print_classification(report: Any, paths: dict[str, Path]) -> None:
+    from rich.table import Table
+
+    spec = f"{100 * report.specificity_target:g}"
+    table = Table(title=f"{report.predictions_path} vs {report.labels_path}: {report.n_images} images, "
+                        f"task {report.task}, operating point {report.operating_point}", title_justify="left")
+    table.add_column("class", justify="left", min_width=8)
+    for column in ("pos", "AUC [95% CI]", "thr", "sens [CI]", "spec [CI]", f"sens@{spec}%spec [CI]"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for c in report.per_class:
+        op = c.operating_point
+        sens, specificity = op.metrics["sensitivity"], op.metrics["specificity"]
+        table.add_row(c.name, f"{c.positives}/{c.n}", _estimate(c.auc.value, c.auc.low, c.auc.high),
+                      _number(op.threshold, 3), _estimate(sens.value, sens.low, sens.high, 2),
+                      _estimate(specificity.value, specificity.low, specificity.high, 2),
+                      _estimate(c.sensitivity_at_specificity.value, c.sensitivity_at_specificity.low,
+                                c.sensitivity_at_specificity.high, 2))
+    table.add_section()
+    for kind in ("macro", "micro"):
+        auc = report.summary[f"{kind}_auc"]
+        table.add_row(kind, "", _estimate(auc.value, auc.low, auc.high), "", "", "", "")
+    if report.multiclass is not None:
+        accuracy = report.multiclass["accuracy"]
+        table.caption = f"accuracy (argmax) {_estimate(accuracy.value, accuracy.low, accuracy.high)}"
+    console = _console()
+    console.print(table)
+    if report.comparison is not None:
+        compare = Table(title=f"DeLong: A {report.predictions_path} vs B {report.compare_path}", title_justify="left")
+        for column in ("class", "AUC A", "AUC B", "A - B", "z", "p"):
+            compare.add_column(column, justify="left" if column == "class" else "right")
+        for row in report.comparison:
+            compare.add_row(row.name, _number(row.auc_a, 3), _number(row.auc_b, 3), _number(row.difference, 3),
+                            _number(row.z, 2), "<0.001" if row.p_value < 0.001 else _number(row.p_value, 3))
+        console.print(compare)
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    for path in paths.values():
+        click.echo(f"wrote {path}")
+
+
+@evaluate.command("cls")
+@click.option("--pred", "pred", type=click.Path(path_type=Path), required=True,
+              help="Predictions CSV: `image`, one probability column per class, optional `<class>_call` columns.")
+@click.option("--labels", "labels", type=click.Path(path_type=Path), required=True,
+              help="Labels CSV: `image`, one 0/1 column per class (these columns are the evaluated classes).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output folder: report.json, per_class.csv, operating_points.csv, PNG figures, report.html.")
+@click.option("--compare", "compare", type=click.Path(path_type=Path),
+              help="Second predictions CSV on the same images: paired DeLong test per class.")
+@click.option("--operating-point", default="calls", show_default=True, callback=_check_operating_point,
+              help="calls (the `_call` columns, else youden), youden, sensitivity:T, specificity:T, or a fixed "
+                   "threshold such as 0.5. All but calls and a fixed threshold are chosen on the evaluated data.")
+@click.option("--resamples", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Bootstrap resamples for the intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--task", type=click.Choice(["auto", "multilabel", "multiclass"]), default="auto", show_default=True,
+              help="multiclass: one-hot labels, softmax rows (adds argmax accuracy and a C x C confusion matrix).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout instead of the table.")
+def cls(pred: Path, labels: Path, out: Path, compare: Path | None, operating_point: str, resamples: int, seed: int,
+        task: str, as_json: bool) -> None:
+    """AUC (bootstrap and DeLong CIs), PR-AUC, operating-point metrics and calibration per class.
+
+    Rows are matched by the `image` column; the classes are the label file's columns. Intervals are 95 %:
+    stratified percentile bootstrap per class, Wilson for proportions.
+    """
+    from medseg.evaluate.classification import read_prediction_table, write_report
+
+    label_table = read_prediction_table(labels, "labels")
+    pred_table = read_prediction_table(pred, "predictions", label_table.classes)
+    compare_table = None if compare is None else read_prediction_table(compare, "predictions", label_table.classes)
+    work = resamples * len(label_table.images) * len(label_table.classes) * (3 if compare is None else 4)
+    report = _run_classification(label_table, pred_table, compare_table, work > _PROGRESS_WORK and not as_json,
+                                 operating_point=operating_point, n_resamples=resamples, seed=seed, task=task)
+    paths = write_report(report, out)
+    if as_json:
+        click.echo(paths["report.json"].read_text(encoding="utf-8"), nl=False)
+    else:
+        _print_classification(report, paths)
