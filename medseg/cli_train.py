@@ -35,9 +35,8 @@ def _parse_overrides(values: tuple[str, ...]) -> dict[str, object]:
 @click.pass_context
 def train(ctx: click.Context, config: Path, manifest: Path | None, output: Path | None, resume: bool,
           settings: tuple[str, ...]) -> None:
-    """Train a segmentation model from a YAML config (see configs/train/)."""
+    """Train a lobe segmentation or radiograph classification model from a YAML config (see configs/train/)."""
     from medseg.train.config import load_train_config
-    from medseg.train.segmentation import train_segmentation
 
     overrides = _parse_overrides(settings)
     if manifest is not None:
@@ -46,8 +45,14 @@ def train(ctx: click.Context, config: Path, manifest: Path | None, output: Path 
         overrides["output"] = str(output)
     train_config = load_train_config(config, overrides)
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    summary = train_segmentation(train_config, resume=resume, progress=not quiet, config_path=config)
-    click.echo(f"trained {summary.epochs_run} epochs in {summary.seconds / 60:.1f} min; best val_dice "
+    if train_config.task == "classification":
+        from medseg.train.classification import train_classification as run
+        monitor = "val_macro_auc"
+    else:
+        from medseg.train.segmentation import train_segmentation as run
+        monitor = "val_dice"
+    summary = run(train_config, resume=resume, progress=not quiet, config_path=config)
+    click.echo(f"trained {summary.epochs_run} epochs in {summary.seconds / 60:.1f} min; best {monitor} "
                f"{summary.best_metric:.4f} at epoch {summary.best_epoch}"
                f"{' (stopped early)' if summary.stopped_early else ''}")
     click.echo(f"best model: {summary.run_dir / 'best.safetensors'}  metrics: {summary.run_dir / 'metrics.csv'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -9,9 +10,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medseg.configfile import read_mapping, validate_config
-from medseg.train.losses import LossName
 
-__all__ = ["TrainConfig", "load_train_config"]
+LossName = Literal["dice_ce", "dice", "ce", "focal", "dice_focal", "bce"]
+"""Segmentation: dice_ce, dice, ce, focal, dice_focal. Classification: ce, bce, focal."""
+WeightRule = Literal["inverse", "inverse_sqrt", "effective_number"]
+SEGMENTATION_TASKS = ("lobes", "lungs")
+CLASSIFICATION_LOSSES = ("ce", "bce", "focal")
+
+__all__ = ["ClassificationConfig", "LossName", "TrainConfig", "load_train_config", "parse_operating_point"]
 
 
 class _Strict(BaseModel):
@@ -22,7 +28,11 @@ class DataConfig(_Strict):
     manifest: Path = Field(description="Dataset manifest (data_manifest/ schema); relative to the config file.")
     train_splits: list[str] = Field(["train"], description="Manifest splits used for training.")
     val_splits: list[str] = Field(["val"], description="Manifest splits used for validation / model selection.")
-    label: str = Field("lobes", description="Which entry of each case's `labels` holds the label map.")
+    label: str = Field("lobes", description="Segmentation: which entry of each case's `labels` is the label map.")
+    classes: list[str] | None = Field(None, description="Classification: classes to learn (default: manifest's).")
+    unknown_labels: Literal["error", "zeros", "ones"] = Field(
+        "error", description="Classification: null (uncertain) labels fail, or count as 0 / 1 (CheXpert U-zeros / "
+                             "U-ones).")
     cache_dir: Path | None = Field(None, description="Preprocessed-case cache (default: <output>/cache).")
 
 
@@ -34,8 +44,50 @@ class ModelConfig(_Strict):
 
 class LossConfig(_Strict):
     name: LossName = "dice_ce"
-    class_weights: list[float] | None = None
+    class_weights: list[float] | WeightRule | None = Field(
+        None, description="Per-class weights, or a rule computed from training frequencies (classification).")
+    beta: float = Field(0.999, ge=0.0, lt=1.0, description="effective_number weighting: (1-beta)/(1-beta^n).")
+    pos_weight: list[float] | Literal["auto"] | None = Field(
+        None, description="Multi-label BCE pos_weight per class; auto = negatives/positives in training data.")
+    gamma: float = Field(2.0, ge=0.0, description="Focal loss focusing parameter.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ClassificationConfig(_Strict):
+    """Classification-only settings."""
+
+    multilabel: bool = Field(True, description="Sigmoid per class (findings co-occur); False = softmax, one class.")
+    sampler: Literal["uniform", "class_balanced"] = "uniform"
+    mixing: Literal["none", "mixup", "cutmix", "both"] = "none"
+    mix_alpha: float = Field(0.4, gt=0)
+    mix_prob: float = Field(0.5, ge=0, le=1)
+    operating_point: str = Field(
+        "youden", description="Per-class thresholds chosen on validation: youden, sensitivity:0.9, specificity:0.9 "
+                              "or a fixed probability; stored in the checkpoint.")
+
+    @field_validator("operating_point")
+    @classmethod
+    def _operating_point(cls, value: str) -> str:
+        parse_operating_point(value)
+        return value
+
+
+def parse_operating_point(value: str) -> tuple[str, float | None]:
+    """`youden` -> (youden, None); `sensitivity:0.9` -> (sensitivity, 0.9); `0.3` -> (fixed, 0.3)."""
+    text = str(value).strip().lower()
+    if text == "youden":
+        return "youden", None
+    rule, sep, target = text.partition(":")
+    if not sep:
+        rule, target = "fixed", text
+    try:
+        number = float(target)
+    except ValueError:
+        number = math.nan
+    if rule not in ("sensitivity", "specificity", "fixed") or not 0.0 <= number <= 1.0:
+        raise ValueError(f"operating point must be youden, sensitivity:X, specificity:X or a probability X in "
+                         f"[0, 1], got {value!r}")
+    return rule, number
 
 
 class OptimizerConfig(_Strict):
@@ -63,14 +115,15 @@ class ScheduleConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """A segmentation training run."""
+    """A training run: segmentation (lobes, lungs) or radiograph classification."""
 
-    task: Literal["lobes", "lungs"] = "lobes"
+    task: Literal["lobes", "lungs", "classification"] = "lobes"
     data: DataConfig
     preprocessing: Path | dict[str, Any] = Field(
         description="Preprocessing config file (configs/preprocessing/...) or the same mapping inline.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     seed: int = 0
@@ -84,6 +137,18 @@ class TrainConfig(_Strict):
         shared = set(self.data.train_splits) & set(self.data.val_splits)
         if shared:
             raise ValueError(f"data: splits {sorted(shared)} are used for both training and validation")
+        if self.task == "classification":
+            if self.loss.name not in CLASSIFICATION_LOSSES:
+                raise ValueError(f"loss.name {self.loss.name!r} is a segmentation loss; classification uses "
+                                 f"{', '.join(CLASSIFICATION_LOSSES)}")
+            if self.loss.name == "bce" and not self.classification.multilabel:
+                raise ValueError("loss.name bce needs classification.multilabel: true (softmax uses ce or focal)")
+        else:
+            if self.loss.name == "bce":
+                raise ValueError("loss.name bce is for multi-label classification")
+            if isinstance(self.loss.class_weights, str) or self.loss.pos_weight is not None:
+                raise ValueError("frequency-based class_weights and pos_weight are classification options; "
+                                 "segmentation takes explicit class_weights")
         return self
 
 

@@ -7,12 +7,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["LossName", "segmentation_loss"]
+__all__ = ["SegmentationLossName", "segmentation_loss"]
 
-LossName = Literal["dice_ce", "dice", "ce", "focal", "dice_focal"]
+SegmentationLossName = Literal["dice_ce", "dice", "ce", "focal", "dice_focal"]
 
 
-def segmentation_loss(name: LossName, *, class_weights: list[float] | None = None,
+def segmentation_loss(name: SegmentationLossName, *, class_weights: list[float] | None = None,
                       label_smoothing: float = 0.0) -> nn.Module:
     """Loss for (B, C, H, W) logits against (B, 1, H, W) integer labels.
 

@@ -29,7 +29,8 @@ from medseg.transforms.clahe import CLAHEd
 from medseg.transforms.config import PreprocessingConfig
 from medseg.transforms.intensity import HUWindowd
 
-__all__ = ["RAS_LABELS", "FitResized", "build_ct_chain", "build_xray_chain", "ct_sample", "fit_size"]
+__all__ = ["RAS_LABELS", "FitResized", "build_ct_chain", "build_xray_chain", "ct_sample", "fit_size",
+           "prepare_radiograph"]
 
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 """Axis labels for Orientationd: medseg affines are RAS+ (NIfTI convention), as `Volume.affine`."""
@@ -110,3 +111,23 @@ def build_xray_chain(config: PreprocessingConfig, image_key: str = "image") -> C
     if config.image_size is not None:
         chain.append(SpatialPadd(image_key, config.image_size, method="symmetric", mode="constant", value=0.0))
     return Compose(chain)
+
+
+def prepare_radiograph(source: Any, chain: Compose) -> np.ndarray:
+    """`(1, H, W)` float32 model input from a radiograph file path, a `Radiograph` or a 2D array.
+
+    Training (`medseg train`) and inference (`medseg classify`) both go through here, so the two see the same
+    pixels for the same file.
+    """
+    import os
+
+    if isinstance(source, (str, os.PathLike)):
+        from medseg.io.xray import read_radiograph
+
+        source = read_radiograph(source)
+    array = np.asarray(getattr(source, "array", source), dtype=np.float32)
+    if array.ndim != 2:
+        raise InputError(f"a radiograph must be 2D, got shape {array.shape}", getattr(source, "source", None))
+    image = chain({"image": array[None]})["image"]
+    image = image.as_tensor() if hasattr(image, "as_tensor") else image
+    return np.asarray(image, dtype=np.float32)
