@@ -131,6 +131,7 @@ def demo(out: Path, seed: int, size: int) -> None:
 
 
 def _register_subcommands() -> None:
+    from medseg.cli_classify import classify
     from medseg.cli_data import data
     from medseg.cli_evaluate import evaluate
     from medseg.cli_synth import synth
@@ -141,6 +142,7 @@ def _register_subcommands() -> None:
     main.add_command(evaluate)
     main.add_command(train)
     main.add_command(segment)
+    main.add_command(classify)
 
 
 _register_subcommands()
