@@ -7,7 +7,7 @@
 For each model: `medseg classify <test manifest> --model M --out preds.csv`, then `medseg evaluate cls`
 against the set's labels.csv (stratified bootstrap CIs, the model's stored operating points); later models
 are also compared with the first (DeLong). Prints macro AUC [95 % CI], per-class AUC, and for the rarest
-finding of the test set the sensitivity at 90 % specificity and at the stored operating point; writes
+finding of the test set (fewest positives) the sensitivity at 90 % specificity and at the stored operating point; writes
 everything under --out (one report folder per model) plus summary.json.
 """
 
@@ -63,6 +63,10 @@ def main() -> None:
             "checkpoint": checkpoint, "classify_seconds": round(seconds, 1), "n_images": report["n_images"],
             "macro_auc": report["summary"]["macro_auc"],
             "auc": {k: c["auc"] for k, c in per_class.items()},
+            "sensitivity_at_90_specificity": {k: c["sensitivity_at_specificity"] for k, c in per_class.items()},
+            "operating_point": {k: {m: c["operating_point"]["metrics"][m]["value"] for m in
+                                    ("sensitivity", "specificity", "ppv")} | {
+                "threshold": c["operating_point"]["threshold"]} for k, c in per_class.items()},
             "rarest": rarest["name"], "rarest_positives": rarest["positives"],
             "rarest_sensitivity_at_90_specificity": rarest["sensitivity_at_specificity"],
             "rarest_operating_point": {k: rarest["operating_point"]["metrics"][k] for k in
@@ -74,7 +78,8 @@ def main() -> None:
         print(f"== {name}: {checkpoint} ({report['n_images']} images, classify {seconds:.1f} s incl. start-up)")
         print(f"   macro AUC {interval(report['summary']['macro_auc'])}")
         for k, c in per_class.items():
-            print(f"   {k:<14} AUC {interval(c['auc'])}  positives {c['positives']}")
+            print(f"   {k:<14} positives {c['positives']:>3}  AUC {interval(c['auc'])}  sens@90%spec "
+                  f"{interval(c['sensitivity_at_specificity'])}")
         print(f"   rarest finding {rarest['name']} ({rarest['positives']} positives): sensitivity at 90 % "
               f"specificity {interval(rarest['sensitivity_at_specificity'])}; at the stored operating point "
               f"sens {interval(rarest['operating_point']['metrics']['sensitivity'])}, "

@@ -243,3 +243,16 @@ def test_classification_config_refuses_segmentation_losses(tmp_path: Path) -> No
     assert parse_operating_point("specificity:0.9") == ("specificity", 0.9)
     assert parse_operating_point("0.3") == ("fixed", 0.3)
     assert parse_operating_point("Youden") == ("youden", None)
+
+
+def test_traced_cpu_model_gives_the_eager_probabilities(tmp_path: Path) -> None:
+    from medseg.infer.classify import RadiographClassifier
+    from medseg.infer.explain import grad_cam
+
+    classifier = RadiographClassifier(_random_checkpoint(tmp_path / "random.safetensors"))
+    batch = np.random.default_rng(1).random((3, 1, SIZE, SIZE)).astype(np.float32)
+    eager = classifier.predict(batch)
+    classifier.compile_for_cpu()
+    assert classifier._runner is not classifier.model
+    np.testing.assert_allclose(classifier.predict(batch), eager, atol=1e-5)
+    assert grad_cam(classifier.model, batch[:1], 0).shape == (1, SIZE, SIZE)   # the eager model stays usable

@@ -1,5 +1,13 @@
-"""Evaluation of model outputs against references (segmentation overlap and surface distances)."""
+"""Evaluation of model outputs against references: segmentation overlap and surface distances; classification
+ROC/PR AUC with confidence intervals, operating points and calibration (`roc`, `classification`)."""
 
+from medseg.evaluate.classification import (
+    ClassificationReport,
+    ClassTable,
+    evaluate_classification,
+    read_prediction_table,
+    write_report,
+)
 from medseg.evaluate.segmentation import (
     LABEL_SETS,
     CasePairs,
@@ -20,16 +28,21 @@ from medseg.evaluate.segmentation import (
 __all__ = [
     "LABEL_SETS",
     "CasePairs",
+    "ClassTable",
+    "ClassificationReport",
     "FolderScores",
     "LabelScores",
     "SegmentationScores",
     "check_same_grid",
     "compare_files",
     "compare_labels",
+    "evaluate_classification",
     "evaluate_folder",
     "evaluate_pairs",
     "pair_folders",
+    "read_prediction_table",
     "resolve_labels",
     "summarize",
+    "write_report",
     "write_scores_csv",
 ]

@@ -1,1 +1,1 @@
-"""Inference: classical lung mask, volume segmentation."""
+"""Inference: classical lung mask, volume segmentation, radiograph classification and Grad-CAM explanations."""

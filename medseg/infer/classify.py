@@ -30,6 +30,8 @@ __all__ = ["ClassificationResult", "RadiographClassifier", "RadiographInput", "R
            "collect_radiographs"]
 
 _MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+COMPILE_MIN_IMAGES = 64
+"""From this many images on, CPU fp32 inference traces and freezes the model first (`compile_for_cpu`)."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,20 @@ class RadiographClassifier:
         self.chain = build_xray_chain(self.preprocessing)
         self.batch_size = batch_size
         self.model.eval()
+        self._runner: torch.nn.Module | torch.jit.ScriptModule = self.model
         if self.device.type == "cpu":
             self.model.to(memory_format=torch.channels_last)
+
+    def compile_for_cpu(self) -> None:
+        """Trace + freeze the model for CPU fp32 inference (BatchNorm folded into convolutions).
+
+        Costs about 2-3 s once, so worth it for many images only; Grad-CAM keeps using the eager model.
+        """
+        if self.device.type != "cpu" or self.precision != "fp32" or self._runner is not self.model:
+            return
+        example = torch.zeros(2, 1, *self.preprocessing.image_size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            self._runner = torch.jit.freeze(torch.jit.trace(self.model, example))
 
     def prepare(self, path: str | os.PathLike[str]) -> np.ndarray:
         """`(1, H, W)` float32 model input for one file."""
@@ -144,7 +158,7 @@ class RadiographClassifier:
         if self.device.type == "cpu":
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self.model(tensor).float()
+            logits = self._runner(tensor).float()
         probs = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
         return probs.cpu().numpy()
 
@@ -155,6 +169,8 @@ class RadiographClassifier:
     def classify(self, items: Sequence[RadiographInput], *, readers: int = 2, keep_images: bool = False,
                  progress: Callable[[int], None] | None = None) -> Iterator[ClassificationResult]:
         """Results in input order; reading runs `readers` files ahead in threads while the model computes."""
+        if len(items) >= COMPILE_MIN_IMAGES:
+            self.compile_for_cpu()
         def load(item: RadiographInput) -> np.ndarray:
             return self.prepare(item.path)
 
