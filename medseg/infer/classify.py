@@ -137,13 +137,20 @@ class RadiographClassifier:
     def compile_for_cpu(self) -> None:
         """Trace + freeze the model for CPU fp32 inference (BatchNorm folded into convolutions).
 
-        Costs about 2-3 s once, so worth it for many images only; Grad-CAM keeps using the eager model.
+        Costs about 2-3 s once and gains ~15 % (benchmarks/RESULTS.md), so it pays off for many images only;
+        Grad-CAM keeps using the eager model. `torch.jit` is deprecated in torch 2.13; without it this is a no-op.
         """
         if self.device.type != "cpu" or self.precision != "fp32" or self._runner is not self.model:
             return
+        import warnings
+
         example = torch.zeros(2, 1, *self.preprocessing.image_size).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            self._runner = torch.jit.freeze(torch.jit.trace(self.model, example))
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still fastest here
+                self._runner = torch.jit.freeze(torch.jit.trace(self.model, example))
+        except (AttributeError, RuntimeError) as exc:  # a torch without TorchScript: stay eager
+            log.info("tracing the classifier failed (%s); running it eagerly", exc)
 
     def prepare(self, path: str | os.PathLike[str]) -> np.ndarray:
         """`(1, H, W)` float32 model input for one file."""

@@ -23,7 +23,7 @@ from monai.networks.nets import BasicUNet, DenseNet121, EfficientNetBN
 from torch import nn
 
 from medseg.errors import ConfigError
-from medseg.models.pretrained import LoadReport, adapt_input_conv, load_torchvision_resnet, read_torch_state_dict
+from medseg.models.pretrained import LoadReport, copy_imagenet_weights, load_torchvision_resnet, read_torch_state_dict
 from medseg.models.registry import register_model
 from medseg.models.unet import TorchvisionResNetEncoder
 
@@ -99,37 +99,9 @@ def load_torchvision_densenet(model: nn.Module, path: str | os.PathLike[str], in
     The first conv is adapted to `in_channels` (`adapt_input_conv`); the ImageNet head (`classifier.*`) is
     dropped. A shape mismatch raises `ConfigError` naming the file and the key.
     """
-    source = _read_torchvision_densenet(path)
-    target = model.state_dict()
-    report = LoadReport(path=str(path))
-    new_state: dict[str, torch.Tensor] = {}
-    for key, tensor in source.items():
-        if key.startswith("classifier."):
-            report.skipped.append(key)
-            continue
-        if key not in target:
-            report.unexpected.append(key)
-            continue
-        expected = target[key].shape
-        if key == _DENSENET_FIRST_CONV and tensor.ndim == 4 and tensor.shape[1] == 3 and expected[1] != 3:
-            tensor = adapt_input_conv(tensor, in_channels)
-            report.adapted.append(key)
-        if tensor.shape != expected:
-            raise ConfigError(f"key '{key}': the file has shape {tuple(tensor.shape)}, the model expects "
-                              f"{tuple(expected)} (in_channels={in_channels}); is it a torchvision densenet121?", path)
-        new_state[key] = tensor.to(dtype=target[key].dtype)
-        report.loaded.append(key)
-    report.missing = [k for k in target if k not in new_state and not k.endswith("num_batches_tracked")
-                      and not k.startswith("class_layers.")]
-    model.load_state_dict(new_state, strict=False)
-    if report.missing:
-        log.warning("%s: %d DenseNet tensors not in the file (left as initialised): %s",
-                    path, len(report.missing), ", ".join(report.missing[:8]))
-    if report.unexpected:
-        log.warning("%s: %d tensors in the file not used by the model: %s",
-                    path, len(report.unexpected), ", ".join(report.unexpected[:8]))
-    log.info("%s: ImageNet DenseNet weights: %s", path, report.summary())
-    return report
+    return copy_imagenet_weights(model, _read_torchvision_densenet(path), path=path, in_channels=in_channels,
+                                 first_conv=_DENSENET_FIRST_CONV, head_prefix="classifier.", kind="DenseNet",
+                                 ignore_missing=("class_layers.",))
 
 
 @register_model

@@ -143,7 +143,6 @@ def load_torchvision_resnet(encoder: nn.Module, path: str | os.PathLike[str], in
         encoder = encoder.encoder
     source = read_torchvision_state_dict(path)
     target = encoder.state_dict()
-    report = LoadReport(path=str(path))
     if FIRST_CONV in target and target[FIRST_CONV].shape[1] != in_channels:
         raise ConfigError(f"in_channels={in_channels} but the encoder's first conv takes "
                           f"{target[FIRST_CONV].shape[1]} channels", path)
@@ -152,33 +151,48 @@ def load_torchvision_resnet(encoder: nn.Module, path: str | os.PathLike[str], in
     if have != want:
         raise ConfigError(f"holds a {_describe(have)} but the model's encoder is a {_describe(want)}", path)
 
+    return copy_imagenet_weights(encoder, source, path=path, in_channels=in_channels, first_conv=FIRST_CONV,
+                                 head_prefix="fc.", kind="ResNet")
+
+
+def copy_imagenet_weights(module: nn.Module, source: Mapping[str, torch.Tensor], *, path: str | os.PathLike[str],
+                          in_channels: int, first_conv: str, head_prefix: str, kind: str,
+                          ignore_missing: tuple[str, ...] = ()) -> LoadReport:
+    """Copy `source` tensors (torchvision names mapped to `module`'s) into `module`, strict about shapes.
+
+    The ImageNet head (`head_prefix*`) is skipped; the 3-channel `first_conv` is adapted to `in_channels`
+    (`adapt_input_conv`). Shape mismatches raise `ConfigError` naming the file and the key; missing (other
+    than `ignore_missing` prefixes and BatchNorm counters) and unexpected keys are logged and reported.
+    """
+    target = module.state_dict()
+    report = LoadReport(path=str(path))
     new_state: dict[str, torch.Tensor] = {}
     for key, tensor in source.items():
-        if key.startswith("fc."):
+        if key.startswith(head_prefix):
             report.skipped.append(key)
             continue
         if key not in target:
             report.unexpected.append(key)
             continue
         expected = target[key].shape
-        if key == FIRST_CONV and tensor.shape != expected and tensor.ndim == len(expected) \
+        if key == first_conv and tensor.shape != expected and tensor.ndim == len(expected) \
                 and tensor.shape[0] == expected[0] and tensor.shape[2:] == expected[2:] and tensor.shape[1] == 3:
             tensor = adapt_input_conv(tensor, in_channels)
             report.adapted.append(key)
         if tensor.shape != expected:
             raise ConfigError(f"key '{key}': the file has shape {tuple(tensor.shape)}, the model expects "
-                              f"{tuple(expected)} (in_channels={in_channels})", path)
+                              f"{tuple(expected)} (in_channels={in_channels}); is it a torchvision {kind}?", path)
         new_state[key] = tensor.to(dtype=target[key].dtype)
         report.loaded.append(key)
     # BatchNorm's num_batches_tracked is absent from older torchvision files and irrelevant to eval.
-    report.missing = [k for k in target if k not in new_state and not k.endswith("num_batches_tracked")]
-    encoder.load_state_dict(new_state, strict=False)
-
+    report.missing = [k for k in target if k not in new_state and not k.endswith("num_batches_tracked")
+                      and not k.startswith(ignore_missing or ("\0",))]
+    module.load_state_dict(new_state, strict=False)
     if report.missing:
-        log.warning("%s: %d encoder tensors not in the file (left as initialised): %s",
-                    path, len(report.missing), ", ".join(report.missing[:8]))
+        log.warning("%s: %d %s tensors not in the file (left as initialised): %s",
+                    path, len(report.missing), kind, ", ".join(report.missing[:8]))
     if report.unexpected:
-        log.warning("%s: %d tensors in the file not used by the encoder: %s",
+        log.warning("%s: %d tensors in the file not used by the model: %s",
                     path, len(report.unexpected), ", ".join(report.unexpected[:8]))
-    log.info("%s: ImageNet ResNet weights: %s", path, report.summary())
+    log.info("%s: ImageNet %s weights: %s", path, kind, report.summary())
     return report

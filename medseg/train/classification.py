@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from torch import nn
 from medseg.errors import ConfigError
 from medseg.train.classification_data import ClassificationBatches, ClassificationSet, load_classification_set
 from medseg.train.config import TrainConfig, parse_operating_point
+from medseg.train.run import prepare_run
 from medseg.train.trainer import LoopSettings, Trainer, TrainSummary
 
 log = logging.getLogger(__name__)
@@ -112,24 +111,13 @@ def train_classification(config: TrainConfig, *, resume: bool = False, progress:
     from medseg import __version__
     from medseg.models import ModelCard, create_model, load_checkpoint, save_checkpoint
     from medseg.train.class_losses import class_balanced_sample_weights, classification_loss
-    from medseg.train.segmentation import _resolve_device, load_preprocessing
     from medseg.transforms.mixing import BatchMixer
 
-    preprocessing = load_preprocessing(config.preprocessing)
+    setup = prepare_run(config, config_path)
+    preprocessing, device, amp, run_dir, cache_dir = (setup.preprocessing, setup.device, setup.amp, setup.run_dir,
+                                                      setup.cache_dir)
     if preprocessing.modality != "xray" or preprocessing.image_size is None:
         raise ConfigError("classification training needs an X-ray preprocessing config with an image_size")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    device = _resolve_device(config.device)
-    amp = config.amp == "on" or (config.amp == "auto" and device.type == "cuda")
-    run_dir = Path(config.output)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config_path is not None:
-        shutil.copyfile(config_path, run_dir / "config.yaml")
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
     cls = config.classification
 
     def load(splits: list[str]) -> ClassificationSet:

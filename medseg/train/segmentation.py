@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import random
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,31 +12,13 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.train.config import TrainConfig
+from medseg.train.run import prepare_run
 from medseg.train.segmentation_data import CachedCase, SliceSampler, cache_case
 from medseg.train.trainer import LoopSettings, Trainer, TrainSummary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_preprocessing", "train_segmentation"]
-
-
-def load_preprocessing(source: Path | dict[str, Any]):
-    """The PreprocessingConfig of a training config (file path or inline mapping)."""
-    from medseg.configfile import validate_config
-    from medseg.transforms import PreprocessingConfig, load_preprocessing_config
-
-    if isinstance(source, dict):
-        return validate_config(PreprocessingConfig, source, "preprocessing")
-    return load_preprocessing_config(source)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return device
+__all__ = ["train_segmentation"]
 
 
 def _cases(config: TrainConfig, splits: list[str], preprocessing, cache_dir: Path) -> list[CachedCase]:
@@ -143,21 +122,11 @@ def train_segmentation(config: TrainConfig, *, resume: bool = False, progress: b
     from medseg import __version__
     from medseg.models import ModelCard, create_model, save_checkpoint
 
-    preprocessing = load_preprocessing(config.preprocessing)
+    setup = prepare_run(config, config_path)
+    preprocessing, device, amp, run_dir, cache_dir = (setup.preprocessing, setup.device, setup.amp, setup.run_dir,
+                                                      setup.cache_dir)
     if preprocessing.modality != "ct" or preprocessing.spacing is None:
         raise ConfigError("segmentation training needs a CT preprocessing config with a target spacing")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    device = _resolve_device(config.device)
-    amp = config.amp == "on" or (config.amp == "auto" and device.type == "cuda")
-    run_dir = Path(config.output)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config_path is not None:
-        shutil.copyfile(config_path, run_dir / "config.yaml")
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
 
     labels = _label_map(config)
     train_cases = _cases(config, config.data.train_splits, preprocessing, cache_dir)
