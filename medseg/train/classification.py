@@ -20,8 +20,8 @@ from torch import nn
 from medseg.errors import ConfigError
 from medseg.train.classification_data import ClassificationBatches, ClassificationSet, load_classification_set
 from medseg.train.config import TrainConfig, parse_operating_point
-from medseg.train.run import prepare_run
-from medseg.train.trainer import LoopSettings, Trainer, TrainSummary
+from medseg.train.run import loop_settings, prepare_run
+from medseg.train.trainer import Trainer, TrainSummary
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def train_classification(config: TrainConfig, *, resume: bool = False, progress:
     if cls.mixing != "none":
         generator = torch.Generator().manual_seed(config.seed)
         mixer = BatchMixer(cls.mixing, alpha=cls.mix_alpha, prob=cls.mix_prob, generator=generator)
-    schedule, optimizer = config.schedule, config.optimizer
+    schedule = config.schedule
     batches = ClassificationBatches(train_set, preprocessing.augmentation, schedule.batch_size, config.seed,
                                     sample_weights=sample_weights, mixer=mixer)
 
@@ -174,11 +174,7 @@ def train_classification(config: TrainConfig, *, resume: bool = False, progress:
     def save_model(path: Path, net: nn.Module, metrics: dict[str, float]) -> None:
         save_checkpoint(path, net, card_for(net, metrics))
 
-    settings = LoopSettings(epochs=schedule.epochs, steps_per_epoch=schedule.steps_per_epoch, lr=optimizer.lr,
-                            weight_decay=optimizer.weight_decay, warmup_steps=optimizer.warmup_steps,
-                            min_lr_ratio=optimizer.min_lr_ratio, grad_accum=schedule.grad_accum, amp=amp,
-                            patience=schedule.patience, val_every=schedule.val_every, monitor="val_macro_auc",
-                            seed=config.seed)
+    settings = loop_settings(config, amp, monitor="val_macro_auc")
     trainer = Trainer(model, loss, batches, validate, settings, run_dir, save_model, device=device,
                       progress=progress)
     if resume:

@@ -14,8 +14,9 @@ import torch
 
 from medseg.errors import ConfigError
 from medseg.train.config import TrainConfig
+from medseg.train.trainer import LoopSettings
 
-__all__ = ["RunSetup", "load_preprocessing", "prepare_run", "resolve_device"]
+__all__ = ["RunSetup", "load_preprocessing", "loop_settings", "prepare_run", "resolve_device"]
 
 
 def load_preprocessing(source: Path | dict[str, Any]):
@@ -63,3 +64,12 @@ def prepare_run(config: TrainConfig, config_path: Path | None = None) -> RunSetu
         shutil.copyfile(config_path, run_dir / "config.yaml")
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
     return RunSetup(preprocessing, device, amp, run_dir, cache_dir)
+
+
+def loop_settings(config: TrainConfig, amp: bool, monitor: str) -> LoopSettings:
+    """The Trainer's settings from a config's optimizer and schedule sections."""
+    schedule, optimizer = config.schedule, config.optimizer
+    return LoopSettings(epochs=schedule.epochs, steps_per_epoch=schedule.steps_per_epoch, lr=optimizer.lr,
+                        weight_decay=optimizer.weight_decay, warmup_steps=optimizer.warmup_steps,
+                        min_lr_ratio=optimizer.min_lr_ratio, grad_accum=schedule.grad_accum, amp=amp,
+                        patience=schedule.patience, val_every=schedule.val_every, monitor=monitor, seed=config.seed)

@@ -12,9 +12,9 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.train.config import TrainConfig
-from medseg.train.run import prepare_run
+from medseg.train.run import loop_settings, prepare_run
 from medseg.train.segmentation_data import CachedCase, SliceSampler, cache_case
-from medseg.train.trainer import LoopSettings, Trainer, TrainSummary
+from medseg.train.trainer import Trainer, TrainSummary
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +141,8 @@ def train_segmentation(config: TrainConfig, *, resume: bool = False, progress: b
 
     loss = segmentation_loss(config.loss.name, class_weights=config.loss.class_weights,
                              label_smoothing=config.loss.label_smoothing)
-    schedule, optimizer = config.schedule, config.optimizer
-    settings = LoopSettings(epochs=schedule.epochs, steps_per_epoch=schedule.steps_per_epoch, lr=optimizer.lr,
-                            weight_decay=optimizer.weight_decay, warmup_steps=optimizer.warmup_steps,
-                            min_lr_ratio=optimizer.min_lr_ratio, grad_accum=schedule.grad_accum, amp=amp,
-                            patience=schedule.patience, val_every=schedule.val_every, seed=config.seed)
+    schedule = config.schedule
+    settings = loop_settings(config, amp, monitor="val_dice")
 
     def save_model(path: Path, net: nn.Module, metrics: dict[str, float]) -> None:
         card = ModelCard.from_model(net, task=config.task, labels=labels,
