@@ -136,6 +136,7 @@ def _register_subcommands() -> None:
     from medseg.cli_evaluate import evaluate
     from medseg.cli_synth import synth
     from medseg.cli_train import segment, train
+    from medseg.cli_workflow import validate
 
     main.add_command(synth)
     main.add_command(data)
@@ -143,6 +144,7 @@ def _register_subcommands() -> None:
     main.add_command(train)
     main.add_command(segment)
     main.add_command(classify)
+    main.add_command(validate)
 
 
 _register_subcommands()

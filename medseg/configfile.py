@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from medseg.errors import ConfigError, InputError
 
-__all__ = ["ConfigSchemaError", "format_validation_error", "load_config", "read_mapping", "validate_config"]
+__all__ = ["ConfigSchemaError", "format_validation_error", "key_lines", "load_config", "read_mapping",
+           "validate_config"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,17 +59,63 @@ def read_mapping(path: str | os.PathLike[str], what: str = "config") -> dict[str
     return data
 
 
-def validate_config(model: type[M], data: Mapping[str, Any], path: str | os.PathLike[str] | None = None) -> M:
-    """`model.model_validate(data)` with errors as `ConfigSchemaError` lines."""
+def validate_config(model: type[M], data: Mapping[str, Any], path: str | os.PathLike[str] | None = None,
+                    lines: Mapping[tuple[Any, ...], int] | None = None) -> M:
+    """`model.model_validate(data)` with errors as `ConfigSchemaError` lines (`line N: ...` given `lines`)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigSchemaError([format_validation_error(error, model) for error in exc.errors()], path) from None
+        raise ConfigSchemaError([_with_line(format_validation_error(error, model), error["loc"], lines)
+                                 for error in exc.errors()], path) from None
 
 
 def load_config(model: type[M], path: str | os.PathLike[str], what: str = "config") -> M:
-    """Read and validate a config file."""
-    return validate_config(model, read_mapping(path, what), path)
+    """Read and validate a config file; schema errors name the YAML line."""
+    return validate_config(model, read_mapping(path, what), path, key_lines(path))
+
+
+def key_lines(path: str | os.PathLike[str]) -> dict[tuple[Any, ...], int]:
+    """1-based line of every key / list item in a YAML file, by its path (`("steps", 1, "model")`).
+
+    Empty for JSON or unreadable files (line numbers are a convenience, never a new error).
+    """
+    import yaml
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return {}
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: Any, where: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                here = (*where, key.value)
+                lines[here] = key.start_mark.line + 1
+                walk(value, here)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[(*where, index)] = item.start_mark.line + 1
+                walk(item, (*where, index))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _with_line(message: str, loc: Sequence[Any], lines: Mapping[tuple[Any, ...], int] | None) -> str:
+    """Prefix `line N: ` from the longest prefix of `loc` found in the file (tags of unions may be absent)."""
+    if not lines:
+        return message
+    parts = tuple(loc)
+    for end in range(len(parts), 0, -1):
+        line = lines.get(parts[:end])
+        if line is not None:
+            return f"line {line}: {message}"
+    return message
 
 
 def _format_loc(loc: Sequence[Any]) -> str:
@@ -83,27 +129,34 @@ def _format_loc(loc: Sequence[Any]) -> str:
 
 
 def _model_at(root: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The pydantic model found by following `loc` from `root` (None when it leaves models)."""
-    model: Any = root
+    """The pydantic model found by following `loc` from `root` (None when it leaves models).
+
+    Union members are all followed; a tagged-union tag in `loc` (e.g. `segment_lobes`) picks the member
+    whose field default equals it.
+    """
+    candidates: list[type[BaseModel]] = [root]
     for part in loc:
         if isinstance(part, int):
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+        owner = next((m for m in candidates if part in m.model_fields), None)
+        if owner is not None:
+            candidates = _models_in(owner.model_fields[part].annotation)
+            continue
+        tagged = [m for m in candidates if any(f.default == part for f in m.model_fields.values())]
+        if not tagged:
             return None
-        model = _unwrap_model(model.model_fields[part].annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        candidates = tagged[:1]
+    return candidates[0] if candidates else None
 
 
-def _unwrap_model(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every pydantic model inside an annotation (through Optional, Union, list, dict, Annotated)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (list, dict, typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            found = _unwrap_model(arg)
-            if found is not None:
-                return found
-    return None
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found.extend(_models_in(arg))
+    return found
 
 
 def format_validation_error(error: Mapping[str, Any], root: type[BaseModel]) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medseg.configfile import read_mapping, validate_config
+from medseg.configfile import key_lines, read_mapping, validate_config
 
 LossName = Literal["dice_ce", "dice", "ce", "focal", "dice_focal", "bce"]
 """Segmentation: dice_ce, dice, ce, focal, dice_focal. Classification: ce, bce, focal."""
@@ -173,4 +173,4 @@ def load_train_config(path: str | os.PathLike[str], overrides: dict[str, Any] | 
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = value
-    return validate_config(TrainConfig, data, path)
+    return validate_config(TrainConfig, data, path, key_lines(path))

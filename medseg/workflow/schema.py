@@ -1,0 +1,302 @@
+"""Workflow files (`medseg run WORKFLOW.yaml`, `medseg validate WORKFLOW.yaml`): the pydantic schema, version 1.
+
+    version: 1
+    name: lung-lobes
+    inputs: {path: /data/studies, series: {modalities: [CT], min_slices: 30}}
+    steps:
+      - lung_mask
+      - segment_lobes: {model: ../runs/lobes/best.safetensors}
+      - statistics
+      - export: {nifti: true, dicom_seg: true, overlays: true, review_html: true}
+    output: {dir: runs/lobes-batch}
+
+Steps are a list; each item is a step name, or a one-key mapping `name: {options}`. Paths inside the file
+are relative to the file (except `output.dir`, relative to the working directory, like training configs).
+Schema errors name the YAML line, the key and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medseg.configfile import key_lines, read_mapping, validate_config
+from medseg.errors import ConfigError
+
+__all__ = ["STEP_KINDS", "Workflow", "load_workflow"]
+
+LAYOUT_FIELDS = ("case_id", "patient_id", "study_uid", "series_uid")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SeriesRules(_Strict):
+    """Which DICOM series of a study is processed (medseg.io.series_selection.SelectionRules)."""
+
+    modalities: list[str] | None = Field(["CT"], description="Accepted modalities; null accepts any.")
+    min_slices: int = Field(20, ge=1, description="Series with fewer slices are skipped (localizers, key images).")
+    max_obliquity_deg: float | None = Field(None, ge=0, le=90, description="Refuse series tilted more than this.")
+    rank_by: list[Literal["axial", "most_slices", "thinnest", "original"]] = ["axial", "most_slices", "thinnest",
+                                                                             "original"]
+    gantry_tilt: Literal["resample", "error"] = "resample"
+    uneven_spacing: Literal["error", "resample"] = "error"
+
+    def selection_rules(self):
+        from medseg.io.series_selection import SelectionRules
+
+        return SelectionRules(modalities=tuple(m.upper() for m in self.modalities) if self.modalities else None,
+                              min_slices=self.min_slices, max_obliquity_deg=self.max_obliquity_deg,
+                              rank_by=tuple(self.rank_by))
+
+
+class Inputs(_Strict):
+    """What to process: a folder tree (optionally filtered by `glob`) or a dataset manifest."""
+
+    path: Path | None = Field(None, description="Folder tree of studies (DICOM, NIfTI/NRRD/MHA, PNG/JPEG).")
+    glob: str | None = Field(None, description="Only files matching this pattern under `path`, e.g. '**/*.dcm'.")
+    manifest: Path | None = Field(None, description="Dataset manifest (data_manifest/ schema) instead of a tree.")
+    splits: list[str] | None = Field(None, description="Manifest splits to process (default: all).")
+    series: SeriesRules = Field(default_factory=SeriesRules)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Inputs:
+        if (self.path is None) == (self.manifest is None):
+            raise ValueError("give exactly one of inputs.path (a folder tree) or inputs.manifest")
+        if self.glob is not None and self.path is None:
+            raise ValueError("inputs.glob filters inputs.path; it has no meaning with a manifest")
+        if self.splits is not None and self.manifest is None:
+            raise ValueError("inputs.splits selects manifest splits; it needs inputs.manifest")
+        return self
+
+
+class LungMaskStep(_Strict):
+    """Classical lung mask (1 right, 2 left), no model."""
+
+    kind: Literal["lung_mask"] = "lung_mask"
+
+
+class SegmentLobesStep(_Strict):
+    """Five lobes with a trained checkpoint (`medseg segment`)."""
+
+    kind: Literal["segment_lobes"] = "segment_lobes"
+    model: Path
+    tta: bool = False
+    batch_size: int = Field(16, ge=1)
+
+
+class ClassifyCxrStep(_Strict):
+    """Findings on radiographs with a trained checkpoint (`medseg classify`); Grad-CAM for review pages."""
+
+    kind: Literal["classify_cxr"] = "classify_cxr"
+    model: Path
+    batch_size: int = Field(32, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    cam: bool = True
+    cam_classes: Literal["called", "top", "all"] = "called"
+
+
+class StatisticsStep(_Strict):
+    """Per-lobe volumes, shares, densities (LAA-950, PD15) and QC flags."""
+
+    kind: Literal["statistics"] = "statistics"
+    qc: Path | None = Field(None, description="QC ranges (default: configs/qc/lobes.yaml values).")
+
+
+class AucReport(_Strict):
+    labels: Path = Field(description="labels.csv (image, one 0/1 column per class) for the classified images.")
+    operating_point: str = "calls"
+    resamples: int = Field(2000, ge=100)
+
+
+class ExportStep(_Strict):
+    """What to write per case (and per batch)."""
+
+    kind: Literal["export"] = "export"
+    nifti: bool = True
+    dicom_seg: bool = False
+    overlays: bool = True
+    review_html: bool = True
+    auc_report: AucReport | None = None
+
+
+class TrainStep(_Strict):
+    """Train a model from a training config (`medseg train`)."""
+
+    kind: Literal["train"] = "train"
+    config: Path
+    set: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides, as `medseg train --set`.")
+    skip_if_exists: bool = Field(True, description="Skip when the run folder already holds best.safetensors.")
+
+
+Step = Annotated[LungMaskStep | SegmentLobesStep | ClassifyCxrStep | StatisticsStep | ExportStep | TrainStep,
+                 Field(discriminator="kind")]
+STEP_KINDS = ("lung_mask", "segment_lobes", "classify_cxr", "statistics", "export", "train")
+
+
+class Executor(_Strict):
+    """How cases run: `local` (one process, reading the next case while computing) or `ray` (a Ray cluster)."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1, description="local: worker threads for reading/exporting; ray: actors.")
+    address: str | None = Field(None, description="ray: cluster address (default: start a local Ray).")
+
+
+class Output(_Strict):
+    dir: Path = Field(description="Run folder: one sub-folder per case, run.json, summary, review index.")
+    layout: str = Field("{case_id}", description=f"Case folder name from {', '.join(LAYOUT_FIELDS)}.")
+
+    @field_validator("layout")
+    @classmethod
+    def _layout_fields(cls, value: str) -> str:
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"layout {value!r} is not a valid format string: {exc}") from None
+        unknown = [name for name in names if name not in LAYOUT_FIELDS]
+        if unknown:
+            raise ValueError(f"layout field(s) {unknown} unknown; use {', '.join(LAYOUT_FIELDS)}")
+        if not names:
+            raise ValueError("layout must contain at least one field, e.g. '{case_id}'")
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError("layout must stay inside output.dir (no absolute path, no '..')")
+        return value
+
+
+class Workflow(_Strict):
+    """A workflow file, schema version 1."""
+
+    version: Literal[1]
+    name: str = Field(min_length=1)
+    description: str = ""
+    inputs: Inputs | None = None
+    steps: list[Step] = Field(min_length=1)
+    output: Output
+    executor: Executor = Field(default_factory=Executor)
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1 ...")
+    seed: int = 0
+    fail_on_error: bool = Field(False, description="Exit non-zero when any case fails (the batch still runs).")
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _step_items(cls, value: Any) -> Any:
+        """`- lung_mask` and `- segment_lobes: {model: x}` -> `{"kind": ..., **options}`."""
+        if not isinstance(value, list):
+            return value
+        items = []
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                item = {item: {}}
+            if isinstance(item, dict) and len(item) == 1 and "kind" not in item:
+                (name, options), = item.items()
+                if name not in STEP_KINDS:
+                    close = difflib.get_close_matches(str(name), STEP_KINDS, n=1, cutoff=0.6)
+                    hint = f"did you mean '{close[0]}'?" if close else f"steps are {', '.join(STEP_KINDS)}"
+                    raise ValueError(f"steps[{index}]: unknown step '{name}' ({hint})")
+                if options is not None and not isinstance(options, dict):
+                    raise ValueError(f"steps[{index}]: options of '{name}' must be a mapping, got {options!r:.40}")
+                item = {"kind": name, **(options or {})}
+            items.append(item)
+        return items
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _step_order(self) -> Workflow:
+        kinds = [step.kind for step in self.steps]
+        if any(kind != "train" for kind in kinds) and self.inputs is None:
+            raise ValueError("inputs: required for processing steps (only training workflows may omit it)")
+        for index, step in enumerate(self.steps):
+            before = kinds[:index]
+            if step.kind == "statistics" and not {"lung_mask", "segment_lobes"} & set(before):
+                raise ValueError(f"steps[{index}] statistics needs lung_mask or segment_lobes before it")
+            if step.kind == "export":
+                if step.dicom_seg and not {"lung_mask", "segment_lobes"} & set(before):
+                    raise ValueError(f"steps[{index}] export.dicom_seg needs lung_mask or segment_lobes before it")
+                if step.auc_report is not None and "classify_cxr" not in before:
+                    raise ValueError(f"steps[{index}] export.auc_report needs classify_cxr before it")
+        duplicates = sorted({kind for kind in kinds if kinds.count(kind) > 1 and kind != "train"})
+        if duplicates:
+            raise ValueError(f"steps {duplicates} appear more than once")
+        return self
+
+    def step(self, kind: str) -> Any | None:
+        """The step of this kind, or None."""
+        return next((step for step in self.steps if step.kind == kind), None)
+
+
+def _absolute(base: Path, value: str) -> str:
+    return os.path.normpath(base / os.path.expanduser(value))
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the file's relative paths absolute against its folder (output.dir stays relative to the CWD)."""
+    inputs = data.get("inputs")
+    if isinstance(inputs, dict):
+        for key in ("path", "manifest"):
+            if isinstance(inputs.get(key), str):
+                inputs[key] = _absolute(base, inputs[key])
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return
+    for item in steps:
+        options = next(iter(item.values()), None) if isinstance(item, dict) and len(item) == 1 else item
+        if not isinstance(options, dict):
+            continue
+        for key in ("model", "config", "qc"):
+            if isinstance(options.get(key), str):
+                options[key] = _absolute(base, options[key])
+        report = options.get("auc_report")
+        if isinstance(report, dict) and isinstance(report.get("labels"), str):
+            report["labels"] = _absolute(base, report["labels"])
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Dotted keys (`inputs.path`, `steps.1.tta`, `executor.workers`) set before validation."""
+    for dotted, value in overrides.items():
+        target: Any = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if isinstance(target, list):
+                target = _list_item(target, part, dotted)
+                continue
+            target = target.setdefault(part, {})
+        if isinstance(target, list):
+            raise ConfigError(f"--set {dotted}: cannot replace a whole step; set one of its options")
+        target[leaf] = value
+
+
+def _list_item(items: list[Any], part: str, dotted: str) -> Any:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"--set {dotted}: '{part}' is not a step index (0..{len(items) - 1})")
+    item = items[int(part)]
+    if isinstance(item, str):
+        item = items[int(part)] = {item: {}}
+    if isinstance(item, dict) and len(item) == 1 and "kind" not in item:
+        name = next(iter(item))
+        if item[name] is None:
+            item[name] = {}
+        return item[name]
+    return item
+
+
+def load_workflow(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Workflow:
+    """Read and validate a workflow; `overrides` are dotted keys whose paths are relative to the CWD."""
+    path = Path(path)
+    data = read_mapping(path, "workflow")
+    _resolve_paths(data, path.resolve().parent)
+    if overrides:
+        _apply_overrides(data, overrides)
+    return validate_config(Workflow, data, path, key_lines(path))
