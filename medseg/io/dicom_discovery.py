@@ -179,6 +179,9 @@ def discover_dicom(root: str | os.PathLike[str]) -> Discovery:
         except InputError as exc:
             found.unreadable.append((path, exc.message))
             continue
+        if not any(keyword in ds for keyword in ("SOPClassUID", "Modality", "Rows")):
+            found.unreadable.append((path, "DICOM header ends before the image attributes (truncated file?)"))
+            continue
         if not _is_image(ds):
             found.skipped_non_image += 1
             continue
