@@ -1,0 +1,500 @@
+"""DICOM SEG export: label maps on a CT series' own acquired slices (highdicom), and reading them back.
+
+A SEG frame must lie exactly on a source image, so the label array (medseg's (i, j, k) RAS grid, the
+same array written to NIfTI) is mapped to each source file's (row, column) pixel grid from geometry:
+ImagePositionPatient / ImageOrientationPatient / PixelSpacing against `volume.affine`, never by
+assuming an axis order. Volumes that were resampled while loading (gantry tilt, uneven spacing) have
+no acquired slices to reference and are refused.
+
+Segments are coded with SNOMED CT (category "Anatomical Structure", types below); each lobe code is
+the laterality-specific concept. Codes verified against SNOMED CT / DICOM PS3.16 (CID 6170 and 7150):
+note that 45653009 and 90572001 are the laterality-free "Upper/Lower lobe of lung" and are not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+import medseg
+from medseg.errors import DicomError, GeometryError, InputError
+from medseg.export.overlay import LOBE_COLOURS
+from medseg.io.atomic import atomic_path
+from medseg.io.volume import Volume, lps_to_ras
+
+__all__ = [
+    "ANATOMICAL_STRUCTURE",
+    "LABEL_MAPS",
+    "SEGMENTATION_STORAGE",
+    "STRUCTURES",
+    "DicomSegResult",
+    "Structure",
+    "read_dicom_seg_labels",
+    "resolve_label_map",
+    "write_dicom_seg",
+]
+
+log = logging.getLogger(__name__)
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+POSITION_TOLERANCE_MM = 1e-3
+"""Largest in-plane offset (and frame-to-source position difference) accepted, in mm."""
+SLICE_TOLERANCE_FRACTION = 0.01
+"""Through-plane offset accepted between a source slice and its label plane, as a fraction of the slice
+step (the loader's default uneven-spacing tolerance), never below `POSITION_TOLERANCE_MM`."""
+
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+"""Segmented property category (DICOM CID 7150)."""
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A structure medseg can export: its name, segment label, SNOMED CT type code and display colour."""
+
+    name: str
+    label: str
+    code: Code
+    rgb: tuple[int, int, int]
+
+
+_LOBE_RGB = dict(LOBE_COLOURS.values())
+STRUCTURES: dict[str, Structure] = {s.name: s for s in (
+    Structure("left_upper_lobe", "Left upper lobe", Code("44714003", "SCT", "Upper lobe of left lung"),
+              _LOBE_RGB["LUL"]),
+    Structure("left_lower_lobe", "Left lower lobe", Code("41224006", "SCT", "Lower lobe of left lung"),
+              _LOBE_RGB["LLL"]),
+    Structure("right_upper_lobe", "Right upper lobe", Code("42400003", "SCT", "Upper lobe of right lung"),
+              _LOBE_RGB["RUL"]),
+    Structure("right_middle_lobe", "Right middle lobe", Code("72481006", "SCT", "Middle lobe of right lung"),
+              _LOBE_RGB["RML"]),
+    Structure("right_lower_lobe", "Right lower lobe", Code("266005", "SCT", "Lower lobe of right lung"),
+              _LOBE_RGB["RLL"]),
+    Structure("right_lung", "Right lung", Code("3341006", "SCT", "Right lung"), (213, 94, 0)),
+    Structure("left_lung", "Left lung", Code("44029006", "SCT", "Left lung"), (0, 114, 178)),
+)}
+"""Exportable structures by medseg name (lobe colours from `LOBE_COLOURS`, lungs in Okabe-Ito)."""
+
+_ALIASES = {
+    "lul": "left_upper_lobe", "lung_upper_lobe_left": "left_upper_lobe",
+    "lll": "left_lower_lobe", "lung_lower_lobe_left": "left_lower_lobe",
+    "rul": "right_upper_lobe", "lung_upper_lobe_right": "right_upper_lobe",
+    "rml": "right_middle_lobe", "lung_middle_lobe_right": "right_middle_lobe",
+    "rll": "right_lower_lobe", "lung_lower_lobe_right": "right_lower_lobe",
+    "lung_right": "right_lung", "lung_left": "left_lung",
+}
+"""Other spellings: `configs/labels/lobes.yaml` abbreviations and TotalSegmentator names."""
+
+LABEL_MAPS: dict[str, dict[int, str]] = {
+    "lobes": {1: "left_upper_lobe", 2: "left_lower_lobe", 3: "right_upper_lobe", 4: "right_middle_lobe",
+              5: "right_lower_lobe"},
+    "lungs": {1: "right_lung", 2: "left_lung"},
+}
+"""Named label maps: medseg's lobes.nii.gz and lungs.nii.gz conventions."""
+
+LabelMap = Mapping[int, str] | str
+
+
+@dataclass(frozen=True)
+class DicomSegResult:
+    """What `write_dicom_seg` wrote."""
+
+    path: Path
+    segments: dict[int, str]
+    """Segment number -> structure name."""
+    label_values: dict[int, int]
+    """Segment number -> label value in the input array."""
+    skipped: dict[int, str] = field(default_factory=dict)
+    """Label value -> structure name of labels absent from the mask (no segment written)."""
+    frames: int = 0
+    source_images: int = 0
+
+
+def _structure(name: str) -> Structure | None:
+    key = re.sub(r"[^0-9a-z]+", "_", str(name).casefold()).strip("_")
+    return STRUCTURES.get(_ALIASES.get(key, key))
+
+
+def resolve_label_map(label_map: LabelMap, path: str | os.PathLike[str] | None = None) -> dict[int, Structure]:
+    """Label value -> `Structure` for "lobes", "lungs" or an explicit {value: name} mapping."""
+    if isinstance(label_map, str):
+        if label_map.lower() not in LABEL_MAPS:
+            raise InputError(f"unknown label map {label_map!r}; use {' or '.join(map(repr, LABEL_MAPS))} "
+                             "or a {value: name} mapping", path)
+        label_map = LABEL_MAPS[label_map.lower()]
+    resolved: dict[int, Structure] = {}
+    for value, name in label_map.items():
+        structure = _structure(name)
+        if structure is None:
+            raise InputError(f"label {value} {name!r} has no SNOMED CT code for DICOM SEG; known names: "
+                             f"{', '.join(STRUCTURES)}", path)
+        if not 1 <= int(value) <= 255:
+            raise InputError(f"label value {value} for {name!r} is outside 1..255", path)
+        twin = next((v for v, s in resolved.items() if s is structure), None)
+        if twin is not None:
+            raise InputError(f"label values {twin} and {value} both name {structure.name}", path)
+        resolved[int(value)] = structure
+    if not resolved:
+        raise InputError("the label map is empty", path)
+    return resolved
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """Where a (rows, columns) image lies on a label grid: one fixed axis, one axis per image direction."""
+
+    axis: int
+    index: int
+    row_axis: int
+    row_start: int
+    row_step: int
+    col_axis: int
+    col_start: int
+    col_step: int
+    rows: int
+    cols: int
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.axis, self.index
+
+    def region(self, labels: np.ndarray) -> np.ndarray:
+        """A (rows, columns) view of `labels` in the image's pixel order (writable)."""
+        index: list[int | slice] = [0, 0, 0]
+        index[self.axis] = self.index
+        for axis, start, step, count in ((self.row_axis, self.row_start, self.row_step, self.rows),
+                                         (self.col_axis, self.col_start, self.col_step, self.cols)):
+            stop = start + step * count
+            index[axis] = slice(start, None if stop < 0 else stop, step)
+        view = labels[tuple(index)]
+        return view.T if self.col_axis < self.row_axis else view
+
+
+def _image_plane(position, orientation, spacing, rows: int, cols: int, affine_lps: np.ndarray,
+                 shape: tuple[int, ...], where: str) -> _Plane:
+    """Map an image plane (DICOM LPS attributes) onto the voxel grid of `affine_lps`, or raise GeometryError."""
+    orientation = np.asarray(orientation, dtype=np.float64)
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
+    dy, dx = (float(v) for v in spacing)
+    matrix = affine_lps[:3, :3]
+    inverse = np.linalg.inv(matrix)
+    steps = {}
+    for name, direction, count in (("column", row_dir * dx, cols), ("row", col_dir * dy, rows)):
+        step = inverse @ direction          # voxel index change per pixel along this image direction
+        axis = int(np.argmax(np.abs(step)))
+        sign = 1 if step[axis] > 0 else -1
+        unit = np.zeros(3)
+        unit[axis] = sign
+        drift = float(np.linalg.norm(matrix @ (step - unit))) * max(count - 1, 1)
+        if drift > POSITION_TOLERANCE_MM:
+            raise GeometryError(
+                f"the image's {name} direction/spacing does not follow a label-grid axis "
+                f"({drift:.3g} mm off across the image); the mask grid is not this image's pixel grid", where)
+        steps[name] = (axis, sign)
+    (col_axis, col_step), (row_axis, row_step) = steps["column"], steps["row"]
+    if col_axis == row_axis:
+        raise GeometryError("image rows and columns map to the same label-grid axis", where)
+    axis = 3 - col_axis - row_axis
+    start = inverse @ (np.asarray(position, dtype=np.float64) - affine_lps[:3, 3])
+    rounded = np.rint(start)
+    offset = matrix @ (start - rounded)
+    normal = np.cross(row_dir, col_dir)
+    through, in_plane = abs(float(offset @ normal)), float(np.linalg.norm(offset - (offset @ normal) * normal))
+    slice_step = abs(float(matrix[:, axis] @ normal))
+    if in_plane > POSITION_TOLERANCE_MM or through > max(POSITION_TOLERANCE_MM, SLICE_TOLERANCE_FRACTION * slice_step):
+        raise GeometryError(
+            f"this acquired slice is not on the label grid (nearest voxel centre {in_plane:.3g} mm "
+            f"off in-plane, {through:.3g} mm off along the normal); a DICOM SEG must reference acquired "
+            "slices", where)
+    start_index = rounded.astype(int)
+    plane = _Plane(axis, int(start_index[axis]), row_axis, int(start_index[row_axis]), row_step,
+                   col_axis, int(start_index[col_axis]), col_step, rows, cols)
+    for grid_axis, first, step, count in ((axis, plane.index, 1, 1), (row_axis, plane.row_start, row_step, rows),
+                                          (col_axis, plane.col_start, col_step, cols)):
+        last = first + step * (count - 1)
+        if min(first, last) < 0 or max(first, last) >= shape[grid_axis]:
+            raise GeometryError(f"the image extends beyond the label grid (axis {grid_axis}: voxels "
+                                f"{min(first, last)}..{max(first, last)} of {shape[grid_axis]})", where)
+    return plane
+
+
+def _source_plane(ds: Dataset, affine_lps: np.ndarray, shape: tuple[int, ...], where: str) -> _Plane:
+    spacing = ds.get("PixelSpacing")
+    if ds.get("ImagePositionPatient") is None or ds.get("ImageOrientationPatient") is None or not spacing:
+        raise DicomError("ImagePositionPatient/ImageOrientationPatient/PixelSpacing missing", where)
+    return _image_plane(ds.ImagePositionPatient, ds.ImageOrientationPatient, spacing, int(ds.Rows),
+                        int(ds.Columns), affine_lps, shape, where)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+_TYPE2_EMPTY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def _read_sources(volume: Volume) -> list[Dataset]:
+    """Headers of the volume's slice files, checked to be one referenceable series."""
+    datasets = []
+    for path in volume.slice_files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except FileNotFoundError as exc:
+            raise InputError("source DICOM slice no longer exists", path) from exc
+        except Exception as exc:
+            raise DicomError(f"cannot re-read the source DICOM slice ({exc})", path) from exc
+        missing = [kw for kw in _REQUIRED_UIDS if not str(ds.get(kw, "") or "").strip()]
+        if missing:
+            raise InputError(f"source slice has no {'/'.join(missing)} (anonymised without UIDs?); a DICOM SEG "
+                             "must reference its source study, series, images and frame of reference", path)
+        for keyword in _TYPE2_EMPTY:        # Type 2: may be empty, and highdicom copies them
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        if "Modality" not in ds:
+            ds.Modality = volume.modality or "OT"
+        datasets.append(ds)
+    first = datasets[0]
+    for ds, path in zip(datasets, volume.slice_files, strict=True):
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            if ds.get(keyword) != first.get(keyword):
+                raise InputError(f"{keyword} differs from {os.path.basename(volume.slice_files[0])}: not one series",
+                                 path)
+    expected = volume.tags.get("SeriesInstanceUID")
+    if expected and expected != first.SeriesInstanceUID:
+        raise InputError(f"slice files belong to series {first.SeriesInstanceUID}, not the volume's {expected}",
+                         volume.slice_files[0])
+    if len({ds.SOPInstanceUID for ds in datasets}) != len(datasets):
+        raise InputError("several slice files share one SOPInstanceUID", volume.source)
+    return datasets
+
+
+def _require_acquired_slices(volume: Volume, path: Path) -> None:
+    if volume.slice_files:
+        return
+    if volume.tags.get("SeriesInstanceUID"):
+        reason = "; ".join(volume.notes) or "its slices are not the acquired ones"
+        raise GeometryError(f"a DICOM SEG must reference acquired slices, but this volume was resampled while "
+                            f"loading ({reason}); no SEG frame would lie on a source image. The NIfTI label map "
+                            "on the resampled grid is unaffected", volume.source or path)
+    raise InputError(f"DICOM SEG needs the source DICOM series; this volume was read from "
+                     f"{volume.source or 'an in-memory array'}", volume.source or path)
+
+
+def _check_labels(labels: np.ndarray, volume: Volume, path: Path) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != volume.shape:
+        raise InputError(f"label array shape {labels.shape} differs from the CT volume's {volume.shape} "
+                         f"({volume.source}); labels must be on the series' own grid", path)
+    if labels.dtype.kind not in "biuf":
+        raise InputError(f"label array has dtype {labels.dtype}; expected integers", path)
+    if labels.size and (labels.min() < 0 or labels.max() > 255 or
+                        (labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)))):
+        raise InputError("label values must be integers in 0..255", path)
+    return labels.astype(np.uint8, copy=False)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def write_dicom_seg(
+    labels: np.ndarray,
+    volume: Volume,
+    path: str | os.PathLike[str],
+    *,
+    label_map: LabelMap = "lobes",
+    series_description: str = "medseg lobes",
+    series_number: int = 300,
+    algorithm_name: str = "medseg",
+    algorithm_version: str = medseg.__version__,
+    manufacturer: str = "medseg",
+) -> DicomSegResult:
+    """Write `labels` (uint8, on `volume`'s grid, as written to NIfTI) as a BINARY DICOM SEG, atomically.
+
+    One segment per label present (absent labels are skipped, logged and reported); one frame per source
+    slice and segment with pixels. Raises InputError / GeometryError naming the file and the problem.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    path = Path(path)
+    _require_acquired_slices(volume, path)
+    labels = _check_labels(labels, volume, path)
+    structures = resolve_label_map(label_map, path)
+    present = set(np.flatnonzero(np.bincount(labels.ravel(), minlength=256)).tolist()) - {0}
+    unnamed = sorted(present - set(structures))
+    if unnamed:
+        raise InputError(f"label value(s) {unnamed} have no name in the label map "
+                         f"({ {v: s.name for v, s in structures.items()} })", path)
+    skipped = {value: s.name for value, s in sorted(structures.items()) if value not in present}
+    for value, name in skipped.items():
+        log.info("%s: label %d (%s) is absent from the mask; no segment written", path, value, name)
+    kept = [value for value in sorted(structures) if value in present]
+    if not kept:
+        raise InputError("the label array is empty: nothing to export as DICOM SEG", path)
+
+    datasets = _read_sources(volume)
+    affine_lps = lps_to_ras(volume.affine)
+    planes = [_source_plane(ds, affine_lps, volume.shape, file) for ds, file in zip(datasets, volume.slice_files,
+                                                                                    strict=True)]
+    _check_planes(planes, labels, volume)
+    to_segment = np.zeros(256, dtype=np.uint8)
+    to_segment[kept] = np.arange(1, len(kept) + 1)
+    frames = np.stack([to_segment[plane.region(labels)] for plane in planes])
+
+    algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, family=codes.cid7162.ArtificialIntelligence,
+                                                   version=algorithm_version)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number, segment_label=structures[value].label,
+            segmented_property_category=ANATOMICAL_STRUCTURE, segmented_property_type=structures[value].code,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*structures[value].rgb),
+        )
+        for number, value in enumerate(kept, start=1)
+    ]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=series_number,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=manufacturer,
+            manufacturer_model_name=algorithm_name, software_versions=algorithm_version,
+            device_serial_number="0", series_description=series_description,
+            content_description=series_description[:64],
+        )
+    except ValueError as exc:
+        raise InputError(f"highdicom refused the segmentation: {exc}", volume.source or path) from exc
+    _verify_frames(seg, datasets, volume.slice_files)
+    with atomic_path(path) as temporary:
+        seg.save_as(temporary)
+    return DicomSegResult(
+        path=path,
+        segments={number: structures[value].name for number, value in enumerate(kept, start=1)},
+        label_values={number: value for number, value in enumerate(kept, start=1)},
+        skipped=skipped,
+        frames=int(seg.NumberOfFrames),
+        source_images=len(datasets),
+    )
+
+
+def _check_planes(planes: list[_Plane], labels: np.ndarray, volume: Volume) -> None:
+    """Source slices lie on distinct planes of one axis and together hold every labelled voxel."""
+    keys = [plane.key for plane in planes]
+    if len({axis for axis, _ in keys}) > 1:
+        raise GeometryError("source slices map to different axes of the label grid", volume.source)
+    if len(set(keys)) != len(keys):
+        first = next(i for i, key in enumerate(keys) if keys.index(key) != i)
+        raise GeometryError(f"two source slices map to the same label plane {keys[first]}",
+                            volume.slice_files[first])
+    covered = sum(int(np.count_nonzero(plane.region(labels))) for plane in planes)
+    total = int(np.count_nonzero(labels))
+    if covered != total:
+        raise GeometryError(f"{total - covered} labelled voxel(s) lie off the acquired slices; a DICOM SEG can "
+                            "only describe voxels of its source images", volume.source)
+
+
+def _verify_frames(seg: Dataset, datasets: list[Dataset], files: list[str]) -> None:
+    """Every frame references a source image and sits at its position, orientation and pixel spacing."""
+    by_uid = {ds.SOPInstanceUID: (ds, file) for ds, file in zip(datasets, files, strict=True)}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+    spacing = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, dtype=float)
+    series = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
+    if series != {datasets[0].SeriesInstanceUID}:
+        raise GeometryError(f"SEG references series {sorted(series)}, not {datasets[0].SeriesInstanceUID}", files[0])
+    for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        if uid not in by_uid:
+            raise GeometryError(f"SEG frame {number} references an image outside the series ({uid})", files[0])
+        ds, file = by_uid[uid]
+        position = np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        error = float(np.abs(position - np.array(ds.ImagePositionPatient, dtype=float)).max())
+        if (error > POSITION_TOLERANCE_MM
+                or not np.allclose(orientation, np.array(ds.ImageOrientationPatient, dtype=float), atol=1e-6)
+                or not np.allclose(spacing, np.array(ds.PixelSpacing, dtype=float), rtol=1e-6)):
+            raise GeometryError(f"SEG frame {number} does not lie on its source image (position off by "
+                                f"{error:.3g} mm, or orientation/spacing differ)", file)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def _segment_values(seg, label_map: LabelMap | None, path: Path) -> dict[int, int]:
+    """Segment number -> label value, matching segments by their SNOMED CT property type."""
+    types = {}
+    for description in seg.SegmentSequence:
+        code = description.SegmentedPropertyTypeCodeSequence[0]
+        types[int(description.SegmentNumber)] = (str(code.CodeValue), str(code.CodingSchemeDesignator))
+    candidates = [label_map] if label_map is not None else list(LABEL_MAPS)
+    for candidate in candidates:
+        by_code = {(s.code.value, s.code.scheme_designator): value
+                   for value, s in resolve_label_map(candidate, path).items()}
+        if all(code in by_code for code in types.values()):
+            return {number: by_code[code] for number, code in types.items()}
+    unknown = sorted({f"{scheme} {value}" for value, scheme in types.values()})
+    raise InputError(f"SEG segment types {unknown} do not all belong to label map "
+                     f"{label_map if label_map is not None else ' or '.join(LABEL_MAPS)}", path)
+
+
+def read_dicom_seg_labels(seg_path: str | os.PathLike[str], volume: Volume, *,
+                          label_map: LabelMap | None = None) -> np.ndarray:
+    """Rebuild a uint8 label array on `volume`'s grid from a BINARY DICOM SEG (for tests and QA).
+
+    Frames are placed by their own position/orientation; when `volume` has its slice files, each frame's
+    ReferencedSOPInstanceUID must name the slice at that place. Segments map to label values by their
+    SNOMED CT codes in `label_map` (default: "lobes" or "lungs", whichever holds every segment).
+    """
+    import highdicom as hd
+
+    path = Path(seg_path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    try:
+        seg = hd.seg.segread(path)
+    except Exception as exc:
+        raise InputError(f"not a readable DICOM SEG ({exc})", path) from exc
+    if seg.SOPClassUID != SEGMENTATION_STORAGE or seg.SegmentationType != "BINARY":
+        raise InputError(f"not a BINARY Segmentation Storage object ({seg.SOPClassUID}, "
+                         f"{seg.get('SegmentationType')})", path)
+    frame_of_reference = volume.tags.get("FrameOfReferenceUID")
+    if frame_of_reference and seg.get("FrameOfReferenceUID") != frame_of_reference:
+        raise GeometryError(f"SEG frame of reference {seg.get('FrameOfReferenceUID')} differs from the volume's "
+                            f"{frame_of_reference}", path)
+    values = _segment_values(seg, label_map, path)
+    affine_lps = lps_to_ras(volume.affine)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    source_planes = {}
+    for file in volume.slice_files:
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception as exc:
+            raise DicomError(f"cannot re-read the source DICOM slice ({exc})", file) from exc
+        source_planes[str(ds.SOPInstanceUID)] = _source_plane(ds, affine_lps, volume.shape, file)
+
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        orientation = (item.get("PlaneOrientationSequence") or shared.PlaneOrientationSequence)[0]
+        measures = (item.get("PixelMeasuresSequence") or shared.PixelMeasuresSequence)[0]
+        plane = _image_plane(item.PlanePositionSequence[0].ImagePositionPatient,
+                             orientation.ImageOrientationPatient, measures.PixelSpacing, int(seg.Rows),
+                             int(seg.Columns), affine_lps, volume.shape, f"{path} frame {number}")
+        if source_planes:
+            uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+            if source_planes.get(uid) != plane:
+                where = "is not in this series" if uid not in source_planes else "lies elsewhere"
+                raise GeometryError(f"frame {number} references image {uid}, which {where}", path)
+        identification = item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        segment = int(identification[0].ReferencedSegmentNumber)  # shared when there is a single segment
+        plane.region(labels)[seg.get_stored_frame(number) > 0] = values[segment]
+    return labels
