@@ -136,7 +136,7 @@ def _register_subcommands() -> None:
     from medseg.cli_evaluate import evaluate
     from medseg.cli_synth import synth
     from medseg.cli_train import segment, train
-    from medseg.cli_workflow import validate
+    from medseg.cli_workflow import run, validate
 
     main.add_command(synth)
     main.add_command(data)
@@ -145,6 +145,7 @@ def _register_subcommands() -> None:
     main.add_command(segment)
     main.add_command(classify)
     main.add_command(validate)
+    main.add_command(run)
 
 
 _register_subcommands()

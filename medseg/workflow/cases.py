@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from medseg.errors import InputError
 
@@ -41,6 +41,8 @@ class Case:
     study_uid: str = ""
     series_uid: str = ""
     notes: list[str] = field(default_factory=list)
+    series: Any = field(default=None, repr=False, compare=False)
+    """The selected `medseg.io.dicom_discovery.Series` (headers already read) for DICOM studies."""
 
 
 @dataclass
@@ -105,7 +107,8 @@ def _dicom_cases(root: Path, found, rules, result: CaseList, used: set[str]) -> 
         result.cases.append(Case(
             _unique(_case_id(root, folder), used), "ct", folder, [s.path for s in chosen.slices],
             patient_id=str(first.get("PatientID", "") or ""), study_uid=study_uid if "/" not in study_uid else "",
-            series_uid=str(first.get("SeriesInstanceUID", "") or ""), notes=[selection.reason, *chosen.notes]))
+            series_uid=str(first.get("SeriesInstanceUID", "") or ""), notes=[selection.reason, *chosen.notes],
+            series=chosen))
     for header in xrays:
         path = Path(header.path)
         covered.add(str(path.parent))
@@ -114,6 +117,24 @@ def _dicom_cases(root: Path, found, rules, result: CaseList, used: set[str]) -> 
                                  study_uid=str(header.get("StudyInstanceUID", "") or ""),
                                  series_uid=str(header.get("SeriesInstanceUID", "") or "")))
     return covered
+
+
+def _is_label_map(path: Path) -> bool:
+    """A volume file stored as 8-bit integers (or bool) is a label map (CT needs at least 16 bits)."""
+    try:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            import nibabel
+
+            dtype = nibabel.load(str(path)).get_data_dtype()
+            return dtype.kind in "biu" and dtype.itemsize == 1
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return reader.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8)
+    except Exception:  # unreadable: let the case fail later with the reader's message
+        return False
 
 
 def _tree_cases(root: Path, glob: str | None, rules) -> CaseList:
@@ -135,7 +156,10 @@ def _tree_cases(root: Path, glob: str | None, rules) -> CaseList:
         if glob and not fnmatch.fnmatch(relative, glob):
             continue
         name = path.name.lower()
-        if name.endswith(_VOLUME_SUFFIXES) and not name.endswith(".raw"):
+        if name.endswith(_VOLUME_SUFFIXES):
+            if _is_label_map(path):
+                result.skipped_files += 1   # a mask beside its image, not a case of its own
+                continue
             result.cases.append(Case(_unique(_case_id(root, path), used), "ct", path))
             covered.add(str(path.parent))
         elif name.endswith(_BITMAP_SUFFIXES):
@@ -150,7 +174,7 @@ def _tree_cases(root: Path, glob: str | None, rules) -> CaseList:
         if not any(Path(c).is_relative_to(folder) for c in covered):   # no images here or below
             result.problems.append(CaseProblem(folder, f"no images: {count} file(s) that are neither DICOM images, "
                                                        "volume files nor PNG/JPEG"))
-    result.skipped_files = found.skipped_non_dicom + found.skipped_non_image
+    result.skipped_files += found.skipped_non_dicom + found.skipped_non_image
     return result
 
 

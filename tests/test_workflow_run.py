@@ -1,0 +1,127 @@
+"""`medseg run`: a tree with good and broken studies, isolated failures, run.json, resume, kill -9 safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+from medseg.cli import main
+from medseg.io import load_volume, read_nifti
+from medseg.io.dicom_write import SeriesInfo, write_ct_series
+
+WORKFLOW = """\
+version: 1
+name: tree-lungs
+inputs: {path: studies, series: {min_slices: 10}}
+steps:
+  - lung_mask
+  - statistics
+  - export: {nifti: true, dicom_seg: true, overlays: true, review_html: false}
+output: {dir: out}
+"""
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medseg.data.phantom.ct_case import synth_ct_case
+
+    root = tmp_path_factory.mktemp("run")
+    studies = root / "studies"
+    for n in range(4):
+        synth_ct_case(studies / f"good{n}", seed=20 + n, size=80, slices=32, findings=[])
+    truncated = synth_ct_case(studies / "truncated", seed=30, size=80, slices=32, findings=[]).folder / "ct"
+    victim = sorted(truncated.iterdir())[10]
+    victim.write_bytes(victim.read_bytes()[:-3000])                     # pixel data cut short
+    gap = synth_ct_case(studies / "gap", seed=31, size=80, slices=32, findings=[]).folder / "ct"
+    sorted(gap.iterdir())[15].unlink()                                  # a missing slice
+    write_ct_series(np.full((16, 16, 24), -800, np.int16), np.diag([1.5, 1.5, 2.0, 1.0]), studies / "mr",
+                    SeriesInfo(modality="MR"))
+    (studies / "notes").mkdir()
+    (studies / "notes" / "readme.txt").write_text("not an image")
+    (root / "wf.yaml").write_text(WORKFLOW)
+    return root
+
+
+def _record(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def test_batch_processes_good_cases_and_reports_broken_ones(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree)
+    result = CliRunner().invoke(main, ["--quiet", "run", "wf.yaml", "--force"])
+    assert result.exit_code == 0, result.output                          # fail_on_error is off
+    record = _record(tree / "out")
+    by_source = {Path(c["source"]).parent.name if c["case_id"] else Path(c["source"]).name: c
+                 for c in record["cases"]}
+    assert record["counts"]["done"] == 4
+    assert by_source["truncated"]["status"] == "failed", by_source["truncated"]
+    assert "slice_0011.dcm" in by_source["truncated"]["reason"], by_source["truncated"]["reason"]
+    assert by_source["gap"]["status"] == "failed" and "missing slice" in by_source["gap"]["reason"]
+    assert by_source["mr"]["status"] == "input_problem" and "MR" in by_source["mr"]["reason"]
+    assert by_source["notes"]["status"] == "input_problem"
+    assert "FAILED" in result.output and "NOT A CASE" in result.output
+    assert record["packages"]["medseg"] and len(record["config_hash"]) == 16
+
+    case = tree / "out" / "good0__ct"
+    volume = load_volume(tree / "studies" / "good0" / "ct")
+    mask = read_nifti(case / "lungs.nii.gz")
+    np.testing.assert_allclose(mask.affine, volume.affine, atol=1e-4)          # on the source grid
+    assert set(np.unique(mask.array)) == {0, 1, 2}
+    seg = pydicom.dcmread(case / "lungs_seg.dcm")
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == 2
+    stats = json.loads((case / "statistics.json").read_text())
+    assert stats and (case / "overlay.png").stat().st_size > 1000
+    assert not (tree / "out" / ".partial").exists()
+
+
+def test_rerun_skips_finished_cases_and_retries_failures(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree)
+    CliRunner().invoke(main, ["--quiet", "run", "wf.yaml"])
+    stamp = (tree / "out" / "good1__ct" / "case.json").stat().st_mtime_ns
+    result = CliRunner().invoke(main, ["--quiet", "run", "wf.yaml"])
+    assert result.exit_code == 0
+    counts = _record(tree / "out")["counts"]
+    assert counts["skipped"] == 4 and counts["done"] == 0 and counts["failed"] == 2
+    assert (tree / "out" / "good1__ct" / "case.json").stat().st_mtime_ns == stamp
+    failing = CliRunner().invoke(main, ["--quiet", "run", "wf.yaml", "--set", "fail_on_error=true"])
+    assert failing.exit_code == 1
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_no_partial_case_and_a_rerun_finishes(tree: Path) -> None:
+    out = tree / "killed"
+    command = [str(Path(sys.executable).parent / "medseg"), "--quiet", "run", "wf.yaml", "--output", str(out)]
+    process = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if _record(out)["counts"]["done"] >= 1:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    folders = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert folders, "nothing finished before the kill"
+    for folder in folders:                                               # every visible case folder is complete
+        assert (folder / "case.json").is_file()
+        for name in ("lungs.nii.gz", "lungs_seg.dcm", "overlay.png", "statistics.csv"):
+            assert (folder / name).is_file(), (folder, name)
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name and ".partial" not in p.parts]
+    done_before = len(folders)
+    rerun = subprocess.run(command, cwd=tree, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    counts = _record(out)["counts"]
+    assert counts["skipped"] == done_before and counts["skipped"] + counts["done"] == 4
+    assert not (out / ".partial").exists()
