@@ -134,6 +134,7 @@ def _register_subcommands() -> None:
     from medseg.cli_classify import classify
     from medseg.cli_data import data
     from medseg.cli_evaluate import evaluate
+    from medseg.cli_review import review
     from medseg.cli_synth import synth
     from medseg.cli_train import segment, train
     from medseg.cli_workflow import run, validate
@@ -146,6 +147,7 @@ def _register_subcommands() -> None:
     main.add_command(classify)
     main.add_command(validate)
     main.add_command(run)
+    main.add_command(review)
 
 
 _register_subcommands()

@@ -115,5 +115,7 @@ def run(ctx: click.Context, workflow_path: Path, input_path: Path | None, output
     for outcome in flagged[:20]:
         click.echo(f"  flags {outcome.case_id}: {', '.join(outcome.flags)}")
     click.echo(f"record: {summary.output / 'run.json'}")
+    if (summary.output / "index.html").is_file():
+        click.echo(f"review: {summary.output / 'index.html'} (sheet: {summary.output / 'review.csv'})")
     if summary.failed and workflow.fail_on_error:
         raise SystemExit(1)

@@ -26,7 +26,7 @@ inputs: {path: studies, series: {min_slices: 10}}
 steps:
   - lung_mask
   - statistics
-  - export: {nifti: true, dicom_seg: true, overlays: true, review_html: false}
+  - export: {nifti: true, dicom_seg: true, overlays: true, review_html: true}
 output: {dir: out}
 """
 
@@ -82,6 +82,8 @@ def test_batch_processes_good_cases_and_reports_broken_ones(tree: Path, monkeypa
     stats = json.loads((case / "statistics.json").read_text())
     assert stats and (case / "overlay.png").stat().st_size > 1000
     assert not (tree / "out" / ".partial").exists()
+    assert (tree / "out" / "index.html").is_file() and (case / "review.html").is_file()
+    assert "good0__ct" in (tree / "out" / "review.csv").read_text()
 
 
 def test_rerun_skips_finished_cases_and_retries_failures(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from medseg.export.preview import LUNG_WINDOW, canonical_ras
 from medseg.io.atomic import atomic_path
 from medseg.io.volume import Volume
 
-__all__ = ["LOBE_COLOURS", "label_montage", "save_label_montage"]
+__all__ = ["LOBE_COLOURS", "LUNG_COLOURS", "label_montage", "save_label_montage"]
 
 LOBE_COLOURS: dict[int, tuple[str, tuple[int, int, int]]] = {
     1: ("LUL", (230, 159, 0)),
@@ -21,6 +21,12 @@ LOBE_COLOURS: dict[int, tuple[str, tuple[int, int, int]]] = {
     5: ("RLL", (204, 121, 167)),
 }
 """Lobe label -> (name, RGB); Okabe-Ito colours, distinguishable with colour-vision deficiency."""
+
+LUNG_COLOURS: dict[int, tuple[str, tuple[int, int, int]]] = {
+    1: ("right lung", (0, 158, 115)),
+    2: ("left lung", (230, 159, 0)),
+}
+"""Lung-mask label (1 right, 2 left) -> (name, RGB)."""
 
 
 def _window(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:

@@ -198,9 +198,10 @@ def _process_ct(case: Case, volume, workflow: Workflow, models: _Models, work: P
         except (GeometryError, MedsegError) as exc:
             outcome.notes.append(f"no DICOM SEG: {exc}")
     if export.overlays:
-        from medseg.export.overlay import save_label_montage
+        from medseg.export.overlay import LOBE_COLOURS, LUNG_COLOURS, save_label_montage
 
-        save_label_montage(volume, labels.array, work / "overlay.png", title=case.case_id)
+        colours = LOBE_COLOURS if label_map == "lobes" else LUNG_COLOURS
+        save_label_montage(volume, labels.array, work / "overlay.png", title=case.case_id, colours=colours)
         outcome.outputs["overlay"] = "overlay.png"
     outcome.timings["export"] = time.perf_counter() - started
 
@@ -366,6 +367,13 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     shutil.rmtree(out / _PARTIAL, ignore_errors=True)
     if models.classifier is not None:
         _batch_predictions(workflow, models.classifier.classes, outcomes, out, record)
+        save()
+    export = workflow.step("export")
+    if export is not None and export.review_html:
+        from medseg.export.review import write_review_package
+
+        written = write_review_package(out)
+        record["review"] = {"index": "index.html", "sheet": Path(written["review_csv"]).name}
         save()
     return RunSummary(out, outcomes, time.perf_counter() - started)
 
