@@ -127,3 +127,37 @@ def test_kill_9_leaves_no_partial_case_and_a_rerun_finishes(tree: Path) -> None:
     counts = _record(out)["counts"]
     assert counts["skipped"] == done_before and counts["skipped"] + counts["done"] == 4
     assert not (out / ".partial").exists()
+
+
+def test_radiograph_workflow_writes_predictions_gradcam_and_an_auc_report(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_classification_pipeline import _random_checkpoint, _toy_dataset
+
+    manifest = _toy_dataset(tmp_path / "data", cases=24)
+    from medseg.data.manifest import load_manifest
+
+    cases = [c for c in load_manifest(manifest).cases if c.split == "val"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,disc,bar\n" + "".join(f"{c.image},{c.labels['disc']},{c.labels['bar']}\n"
+                                                    for c in cases))
+    checkpoint = _random_checkpoint(tmp_path / "cls.safetensors")
+    (tmp_path / "cxr.yaml").write_text(
+        "version: 1\nname: cxr\ninputs: {manifest: data/manifest.yaml, splits: [val]}\nsteps:\n"
+        f"  - classify_cxr: {{model: {checkpoint}, cam: true}}\n"
+        "  - export: {review_html: true, auc_report: {labels: labels.csv, resamples: 200}}\noutput: {dir: out}\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--quiet", "run", "cxr.yaml"])
+    assert result.exit_code == 0, result.output
+    record = _record(tmp_path / "out")
+    assert record["counts"]["done"] == len(cases) and record["auc_report"] == "auc_report/report.html"
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    assert [r["image"] for r in rows] == [c.image for c in cases]        # matches labels.csv ids
+    assert (tmp_path / "out" / "auc_report" / "report.json").is_file()
+    assert (tmp_path / "out" / cases[0].case_id / "gradcam.png").is_file()
+    assert (tmp_path / "out" / "index.html").is_file()
+    ray = (tmp_path / "cxr.yaml").read_text().replace("output: {dir: out}", "output: {dir: out}\nexecutor: {kind: ray}")
+    (tmp_path / "ray.yaml").write_text(ray)
+    refused = CliRunner().invoke(main, ["run", "ray.yaml"])
+    assert refused.exit_code == 2 and "not implemented" in refused.output

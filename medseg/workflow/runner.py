@@ -309,6 +309,9 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     """Run every case of `workflow`; see the module docstring for the guarantees."""
     from medseg.workflow.training import run_training_steps
 
+    if workflow.executor.kind != "local":
+        raise ConfigError(f"executor.kind {workflow.executor.kind!r} is not implemented in this version; use local "
+                          "(one process, reading ahead while computing)")
     started = time.perf_counter()
     out = Path(workflow.output.dir)
     out.mkdir(parents=True, exist_ok=True)
