@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,13 @@ def _finished(folder: Path) -> CaseOutcome | None:
         data = json.loads((folder / CASE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if data.get("status") != "done":
+    if not isinstance(data, dict) or data.get("status") != "done":
         return None
-    return CaseOutcome(**{**data, "status": "skipped"})
+    known = {f.name for f in fields(CaseOutcome)}
+    try:   # a case.json from another medseg version: keep the fields this one knows
+        return CaseOutcome(**{k: v for k, v in data.items() if k in known} | {"status": "skipped"})
+    except TypeError:
+        return None
 
 
 def _run_case(case: Case, loaded: Future, workflow: Workflow, models: _Models, out: Path) -> CaseOutcome:
