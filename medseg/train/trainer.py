@@ -238,16 +238,6 @@ class Trainer:
         return " ".join(shown)
 
     def _progress_bar(self):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from medseg.progress import eta_progress
 
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True),
-                        disable=not self.progress, transient=False)
+        return eta_progress(enabled=self.progress)

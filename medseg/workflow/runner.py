@@ -351,18 +351,9 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
         _write_json(out / RUN_FILE, record)
 
     save()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from medseg.progress import eta_progress
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not progress,
-                  transient=False) as bar:
+    with eta_progress(enabled=progress) as bar:
         task = bar.add_task(workflow.name, total=len(todo), info="")
         for case, loaded in _prefetched(todo, workflow, models, workflow.executor.workers):
             outcome = _run_case(case, loaded, workflow, models, out)
