@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/medseg demo --out demo_output
+	$(BIN)/medseg run workflows/demo.yaml --output demo_output
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -106,30 +106,6 @@ def info(input_path: Path, as_json: bool, modality: str, gantry_tilt: str, uneve
         sys.exit(2)
 
 
-@main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo_output"), show_default=True,
-              help="Folder for the demo's DICOM series and outputs.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=click.IntRange(64, 512), default=256, show_default=True, help="Matrix size.")
-def demo(out: Path, seed: int, size: int) -> None:
-    """Make a synthetic chest CT case (DICOM + lobe labels), convert it to NIfTI and draw previews."""
-    from medseg.data.phantom.ct_case import synth_ct_case
-    from medseg.export.overlay import save_label_montage
-    from medseg.info import describe_input, print_report
-    from medseg.io import load_volume, read_nifti, write_nifti
-
-    started = time.perf_counter()
-    case = synth_ct_case(out / "phantom", seed, case_id="demo", size=size, findings=["nodule", "effusion"])
-    dicom_dir = case.folder / "ct"
-    click.echo(f"wrote synthetic CT: {dicom_dir} ({case.acquisition.slices} slices), labels in {case.folder}")
-    volume = load_volume(dicom_dir)
-    nifti = write_nifti(volume, out / "demo_ct.nii.gz")
-    lobes = read_nifti(case.folder / "lobes.nii.gz")
-    preview = save_label_montage(volume, lobes.array, out / "demo_ct_lobes.png", title="demo")
-    print_report(describe_input(nifti))
-    click.echo(f"demo done in {time.perf_counter() - started:.1f} s: {nifti}, preview {preview}")
-
-
 def _register_subcommands() -> None:
     from medseg.cli_classify import classify
     from medseg.cli_data import data

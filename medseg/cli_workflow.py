@@ -14,10 +14,21 @@ def file_problems(workflow) -> tuple[list[str], list[str]]:
     """(errors, warnings) about files the workflow names: inputs, models, configs, QC ranges, labels."""
     errors: list[str] = []
     warnings: list[str] = []
+    synthesized = [(index, Path(step.out)) for index, step in enumerate(workflow.steps) if step.kind == "synthesize"]
+
+    def made_by(path: Path) -> str | None:
+        """'steps[i] synthesize' when a synthesize step writes `path` (or a folder holding it)."""
+        for index, folder in synthesized:
+            if path == folder or folder in path.parents or path in folder.parents:
+                return f"steps[{index}] synthesize"
+        return None
+
     inputs = workflow.inputs
     if inputs is not None:
         source = inputs.path or inputs.manifest
-        if not source.exists():
+        if not source.exists() and made_by(source):
+            warnings.append(f"inputs: {source} does not exist yet ({made_by(source)} writes it)")
+        elif not source.exists():
             errors.append(f"inputs: {source} does not exist")
         elif inputs.manifest is not None and not source.is_file():
             errors.append(f"inputs.manifest: {source} is not a file")
@@ -33,9 +44,15 @@ def file_problems(workflow) -> tuple[list[str], list[str]]:
             else:
                 errors.append(f"steps[{index}] {step.kind}.{key}: no such file {path}")
         report = getattr(step, "auc_report", None)
-        if report is not None and not Path(report.labels).is_file():
+        if report is not None and not Path(report.labels).is_file() and made_by(Path(report.labels)):
+            warnings.append(f"steps[{index}] export.auc_report.labels: {report.labels} does not exist yet "
+                            f"({made_by(Path(report.labels))} writes it)")
+        elif report is not None and not Path(report.labels).is_file():
             errors.append(f"steps[{index}] export.auc_report.labels: no such file {report.labels}")
     return errors, warnings
+
+
+_LATER = "does not exist yet"
 
 
 @click.command()
@@ -100,22 +117,52 @@ def run(ctx: click.Context, workflow_path: Path, input_path: Path | None, output
     workflow = load_workflow(workflow_path, overrides)
     errors, warnings = file_problems(workflow)
     for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+        if _LATER not in warning:   # files the workflow's own synthesize/train steps write
+            click.echo(f"warning: {warning}", err=True)
     if errors:
         raise ConfigError(f"{len(errors)} problem(s): " + "; ".join(errors), workflow_path)
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     summary = run_workflow(workflow, force=force, progress=not quiet)
-    counts = ", ".join(f"{summary.count(s)} {s.replace('_', ' ')}" for s in ("done", "skipped", "failed",
-                                                                           "input_problem") if summary.count(s))
-    click.echo(f"{workflow.name}: {counts or 'nothing to do'} in {summary.seconds:.1f} s -> {summary.output}")
-    for outcome in summary.failed:
-        label = "FAILED" if outcome.status == "failed" else "NOT A CASE"
-        click.echo(f"  {label} {outcome.case_id or outcome.source}: {outcome.reason}")
-    flagged = [o for o in summary.outcomes if o.flags]
-    for outcome in flagged[:20]:
-        click.echo(f"  flags {outcome.case_id}: {', '.join(outcome.flags)}")
+    _print_summary(workflow.name, summary)
     click.echo(f"record: {summary.output / 'run.json'}")
     if (summary.output / "index.html").is_file():
         click.echo(f"review: {summary.output / 'index.html'} (sheet: {summary.output / 'review.csv'})")
     if summary.failed and workflow.fail_on_error:
         raise SystemExit(1)
+
+
+_SHOWN_ROWS = 30
+
+
+def _print_summary(name: str, summary) -> None:
+    """Counts per status with time per case, then the cases that need a look (failed, not a case, flagged)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=False)
+    counts = Table(title=f"{name}: {len(summary.outcomes)} input(s) in {summary.seconds:.1f} s -> {summary.output}",
+                   title_justify="left")
+    for column in ("status", "cases", "s/case (mean)", "s/case (max)"):
+        counts.add_column(column, justify="left" if column == "status" else "right")
+    for status in ("done", "skipped", "failed", "input_problem"):
+        seconds = [o.seconds for o in summary.outcomes if o.status == status]
+        if seconds:
+            counts.add_row(status.replace("_", " "), str(len(seconds)),
+                           f"{sum(seconds) / len(seconds):.1f}" if status == "done" else "",
+                           f"{max(seconds):.1f}" if status == "done" else "")
+    if not summary.outcomes:
+        counts.add_row("nothing to do", "0", "", "")
+    console.print(counts)
+    attention = [o for o in summary.outcomes if o.status in ("failed", "input_problem")]
+    attention += [o for o in summary.outcomes if o.status in ("done", "skipped") and o.flags]
+    if not attention:
+        return
+    table = Table(title="needs a look", title_justify="left")
+    for column in ("case", "status", "reason / QC flags"):
+        table.add_column(column, overflow="fold")
+    for outcome in attention[:_SHOWN_ROWS]:
+        label = {"failed": "FAILED", "input_problem": "NOT A CASE"}.get(outcome.status, "flagged")
+        table.add_row(outcome.case_id or outcome.source, label, outcome.reason or ", ".join(outcome.flags))
+    console.print(table)
+    if len(attention) > _SHOWN_ROWS:
+        console.print(f"... and {len(attention) - _SHOWN_ROWS} more (run.json has every case)")

@@ -294,3 +294,17 @@ def test_xray_case_page_and_sheet(tmp_path: Path) -> None:
     rows = _read_sheet(out / "review.csv")
     assert [(r["structure"], r["model_value"]) for r in rows] == [("effusion", "0.9100 (positive)"),
                                                                    ("nodule", "0.1200 (negative)")]
+
+
+def test_top_finding_prefers_a_called_class_over_a_higher_uncalled_probability() -> None:
+    from medseg.export.review import _Case, _top_finding
+
+    def case(probabilities: dict, calls: dict) -> _Case:
+        return _Case(Path("c"), {"case_id": "c", "summary": {"probabilities": probabilities, "calls": calls}},
+                     None, "")
+
+    # emphysema's threshold is 0.99 (rare class, weighted loss): 0.95 is below it; effusion 0.4 is called
+    assert _top_finding(case({"emphysema": 0.95, "effusion": 0.4}, {"emphysema": 0, "effusion": 1})) == \
+        ("effusion", 0.4, True)
+    assert _top_finding(case({"emphysema": 0.95, "effusion": 0.4}, {"emphysema": 0, "effusion": 0})) == \
+        ("emphysema", 0.95, False)

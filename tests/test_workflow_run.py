@@ -96,7 +96,11 @@ def test_rerun_skips_finished_cases_and_retries_failures(tree: Path, monkeypatch
     assert counts["skipped"] == 4 and counts["done"] == 0 and counts["failed"] == 2
     assert (tree / "out" / "good1__ct" / "case.json").stat().st_mtime_ns == stamp
     failing = CliRunner().invoke(main, ["--quiet", "run", "wf.yaml", "--set", "fail_on_error=true"])
-    assert failing.exit_code == 1
+    assert failing.exit_code == 1 and _record(tree / "out")["counts"]["skipped"] == 4   # not a case change
+    changed = CliRunner().invoke(main, ["--quiet", "run", "wf.yaml", "--set", "steps.2.overlays=false"])
+    assert changed.exit_code == 0
+    assert _record(tree / "out")["counts"]["done"] == 4                 # other exports: every case redone
+    assert not (tree / "out" / "good1__ct" / "overlay.png").exists()
 
 
 @pytest.mark.slow
@@ -161,3 +165,15 @@ def test_radiograph_workflow_writes_predictions_gradcam_and_an_auc_report(tmp_pa
     (tmp_path / "ray.yaml").write_text(ray)
     refused = CliRunner().invoke(main, ["run", "ray.yaml"])
     assert refused.exit_code == 2 and "not implemented" in refused.output
+
+
+def test_auc_labels_match_by_path_then_by_unique_file_name(tmp_path: Path) -> None:
+    from medseg.workflow.runner import _label_keys
+
+    labels = tmp_path / "cxr" / "labels.csv"
+    images = ["images/a.png", "images/b.png", "left/c.png", "right/c.png"]
+    predicted = [("x1", str(tmp_path / "cxr" / "images" / "a.png")),     # the same file
+                 ("x2", str(tmp_path / "cxr" / "dicom" / "b.dcm")),       # its DICOM twin: unique name
+                 ("x3", str(tmp_path / "other" / "c.dcm")),               # ambiguous name: left as is
+                 ("x4", str(tmp_path / "cxr" / "images" / "z.png"))]      # unlabelled
+    assert _label_keys(labels, images, predicted) == ["images/a.png", "images/b.png", "x3", "x4"]

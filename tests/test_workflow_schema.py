@@ -122,3 +122,53 @@ def test_training_config_errors_also_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigSchemaError, match=r"line 4: data: unknown key 'train_split' \(did you mean "
                                                 r"'train_splits'\?\)"):
         load_train_config(config)
+
+
+PREPARED = """\
+version: 1
+name: prepared
+inputs: {path: "${output}/data/studies"}
+steps:
+  - synthesize: {dataset: ct, cases: 2, size: 64, out: "${output}/data/studies"}
+  - synthesize: {dataset: cxr, cases: 4, size: 64, out: "${output}/data/cxr"}
+  - train: {config: train.yaml, set: {output: "${output}/models/lobes"}}
+  - segment_lobes: {model: "${output}/models/lobes/best.safetensors"}
+  - export: {nifti: true}
+output: {dir: runs/demo}
+"""
+
+
+def test_output_placeholder_follows_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flows").mkdir()
+    path = _write(tmp_path / "flows", PREPARED)
+    run = tmp_path / "runs" / "demo"
+    workflow = load_workflow(path)
+    assert workflow.inputs.path == run / "data" / "studies"            # not relative to the file's folder
+    assert [s.out for s in workflow.steps if s.kind == "synthesize"] == [run / "data" / "studies", run / "data" / "cxr"]
+    assert workflow.step("train").set == {"output": str(run / "models" / "lobes")}
+    assert workflow.step("train").config == tmp_path / "flows" / "train.yaml"   # plain paths: still the file's
+    moved = load_workflow(path, {"output.dir": "/srv/elsewhere"})      # --output moves everything with it
+    assert moved.step("segment_lobes").model == Path("/srv/elsewhere/models/lobes/best.safetensors")
+    with pytest.raises(ConfigError, match=r"output\.dir cannot contain"):
+        load_workflow(path, {"output.dir": "${output}/x"})
+
+
+def test_preparation_steps_repeat_but_come_first(tmp_path: Path) -> None:
+    workflow = load_workflow(_write(tmp_path, PREPARED))
+    assert [s.kind for s in workflow.steps][:3] == ["synthesize", "synthesize", "train"]
+    late = PREPARED.replace("  - export: {nifti: true}\n", "  - export: {nifti: true}\n  - synthesize: "
+                                                           "{dataset: ct, cases: 1, out: x}\n")
+    with pytest.raises(ConfigError, match=r"steps\[5\] synthesize runs once before any case"):
+        load_workflow(_write(tmp_path, late, "late.yaml"))
+    with pytest.raises(ConfigError, match="dataset"):
+        load_workflow(_write(tmp_path, PREPARED.replace("dataset: cxr", "dataset: mri"), "bad.yaml"))
+
+
+def test_validate_warns_about_files_earlier_steps_will_write(tmp_path: Path) -> None:
+    (tmp_path / "train.yaml").write_text("task: lobes\n")
+    result = CliRunner().invoke(main, ["validate", str(_write(tmp_path, PREPARED)), "--set",
+                                       f"output.dir={tmp_path / 'run'}"])
+    assert result.exit_code == 0, result.output
+    assert "does not exist yet (steps[0] synthesize writes it)" in result.output
+    assert "an earlier train step must produce it" in result.output

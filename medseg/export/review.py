@@ -469,8 +469,10 @@ def _top_finding(case: _Case) -> tuple[str, float | None, bool]:
     probabilities = {k: v for k, v in case.data["summary"].get("probabilities", {}).items() if _finite(v)}
     if not probabilities:
         return "", None, False
-    name = max(probabilities, key=probabilities.__getitem__)
-    return name, probabilities[name], bool(case.data["summary"].get("calls", {}).get(name))
+    calls = case.data["summary"].get("calls", {})
+    called = [k for k in probabilities if calls.get(k)]   # thresholds differ per class: a call outranks a
+    name = max(called or probabilities, key=probabilities.__getitem__)   # higher uncalled probability
+    return name, probabilities[name], bool(calls.get(name))
 
 
 def _index_row(case: _Case, status: str, out_dir: Path, position: int, kinds: set[str]) -> str:

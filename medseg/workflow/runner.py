@@ -4,7 +4,7 @@ Models are loaded once. The next case is read in a background thread while the c
 failing case is recorded with its reason and the batch goes on. Each case is built in a hidden work folder
 and renamed into place when complete, so an interrupted run (even `kill -9`) never leaves a partial case
 folder; `run.json` is rewritten atomically after every case. A rerun skips cases whose folder holds a
-completed `case.json` (unless `force`).
+completed `case.json` made by the same steps and models (unless `force`); other cases are redone.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import numpy as np
 
 from medseg.errors import ConfigError, MedsegError
 from medseg.workflow.cases import Case, CaseList, discover_cases
-from medseg.workflow.schema import Workflow
+from medseg.workflow.schema import PREPARATION_STEPS, Workflow
 
 __all__ = ["CASE_FILE", "CaseOutcome", "RunSummary", "run_workflow"]
 
@@ -54,6 +54,9 @@ class CaseOutcome:
     flags: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    """What produced the outputs (processing steps, series rules, model cards): a rerun redoes the case when it
+    differs."""
 
 
 @dataclass
@@ -239,12 +242,33 @@ def _write_json(path: Path, payload: Any) -> None:
         temporary.write_text(json.dumps(payload, indent=2, default=str))
 
 
-def _finished(folder: Path) -> CaseOutcome | None:
+def _processing_fingerprint(workflow: Workflow) -> str:
+    """Hash of everything that shapes a case's outputs: the per-case steps, the series rules and the model
+    cards of the checkpoints (a retrained model has a new card). Output folder, executor, seed and
+    fail_on_error are left out: changing them does not change a case."""
+    from medseg.models.checkpoint import read_model_card
+
+    steps = [step.model_dump(mode="json") for step in workflow.steps if step.kind not in PREPARATION_STEPS]
+    cards = {}
+    for step in workflow.steps:
+        model = getattr(step, "model", None)
+        if model is not None and Path(model).is_file():
+            cards[step.kind] = read_model_card(model).model_dump(mode="json")
+    rules = workflow.inputs.series.model_dump(mode="json") if workflow.inputs else None
+    text = json.dumps({"steps": steps, "series": rules, "models": cards}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished(folder: Path, fingerprint: str) -> CaseOutcome | None:
+    """The earlier outcome of a case folder when it is complete and was made the same way, else None."""
     try:
         data = json.loads((folder / CASE_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("status") != "done":
+        return None
+    if data.get("fingerprint") != fingerprint:
+        log.info("%s: made by other steps or models than this run's; redone", folder.name)
         return None
     known = {f.name for f in fields(CaseOutcome)}
     try:   # a case.json from another medseg version: keep the fields this one knows
@@ -253,8 +277,10 @@ def _finished(folder: Path) -> CaseOutcome | None:
         return None
 
 
-def _run_case(case: Case, loaded: Future, workflow: Workflow, models: _Models, out: Path) -> CaseOutcome:
-    outcome = CaseOutcome(case.case_id, case.kind, str(case.source), "failed", notes=list(case.notes))
+def _run_case(case: Case, loaded: Future, workflow: Workflow, models: _Models, out: Path, fingerprint: str
+              ) -> CaseOutcome:
+    outcome = CaseOutcome(case.case_id, case.kind, str(case.source), "failed", notes=list(case.notes),
+                          fingerprint=fingerprint)
     started = time.perf_counter()
     final = out / _case_folder(workflow, case)
     work = out / _PARTIAL / f"{final.name}-{os.getpid()}"
@@ -311,6 +337,7 @@ def _prefetched(cases: list[Case], workflow: Workflow, models: _Models, workers:
 def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = True,
                  on_case: Callable[[CaseOutcome], None] | None = None) -> RunSummary:
     """Run every case of `workflow`; see the module docstring for the guarantees."""
+    from medseg.workflow.synthesize import run_synthesize_steps
     from medseg.workflow.training import run_training_steps
 
     if workflow.executor.kind != "local":
@@ -320,6 +347,7 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     out = Path(workflow.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / _PARTIAL, ignore_errors=True)   # work folders of an interrupted run
+    run_synthesize_steps(workflow, progress=progress)
     run_training_steps(workflow, progress=progress)
     record: dict[str, Any] = {
         "medseg_run": 1, "workflow": workflow.name, "config_hash": _config_hash(workflow), "seed": workflow.seed,
@@ -335,9 +363,10 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     outcomes.extend(CaseOutcome("", "", problem.source, "input_problem", problem.reason)
                     for problem in found.problems)
     models = _Models(workflow)
+    fingerprint = _processing_fingerprint(workflow)
     todo: list[Case] = []
     for case in found.cases:
-        previous = None if force else _finished(out / _case_folder(workflow, case))
+        previous = None if force else _finished(out / _case_folder(workflow, case), fingerprint)
         if previous is not None:
             outcomes.append(previous)
         else:
@@ -356,7 +385,7 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     with eta_progress(enabled=progress) as bar:
         task = bar.add_task(workflow.name, total=len(todo), info="")
         for case, loaded in _prefetched(todo, workflow, models, workflow.executor.workers):
-            outcome = _run_case(case, loaded, workflow, models, out)
+            outcome = _run_case(case, loaded, workflow, models, out, fingerprint)
             outcomes.append(outcome)
             save()
             if on_case is not None:
@@ -402,10 +431,39 @@ def _batch_predictions(workflow: Workflow, classes: list[str], outcomes: list[Ca
         report = export.auc_report
         labels = read_prediction_table(report.labels, "labels")
         preds = read_prediction_table(path, "predictions", classes=labels.classes)
+        preds = replace(preds, images=_label_keys(Path(report.labels), labels.images,
+                                                  [(image, o.source) for image, o in zip(preds.images, rows,
+                                                                                         strict=True)]))
         result = evaluate_classification(labels, preds, operating_point=report.operating_point,
                                          n_resamples=report.resamples, seed=workflow.seed)
         write_report(result, out / "auc_report")
         record["auc_report"] = "auc_report/report.html"
+
+
+def _label_keys(labels_csv: Path, label_images: list[str], predicted: list[tuple[str, str]]) -> list[str]:
+    """For each (predictions.csv image, source file): the labels.csv `image` it is, else the image unchanged.
+
+    A labels entry names the same file (relative to labels.csv) or, failing that, the same file name without
+    extension when exactly one labels entry has it (the DICOM and the PNG of one radiograph).
+    """
+    base = labels_csv.resolve().parent
+    by_path = {os.path.normpath(base / image): image for image in label_images}
+    by_stem: dict[str, list[str]] = {}
+    for image in label_images:
+        by_stem.setdefault(_stem(image), []).append(image)
+    keys = []
+    for image, source in predicted:
+        key = by_path.get(os.path.normpath(Path(source).resolve()))
+        if key is None:
+            candidates = by_stem.get(_stem(source), [])
+            key = candidates[0] if len(candidates) == 1 else image
+        keys.append(key)
+    return keys
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
 
 
 def _manifest_image(workflow: Workflow, outcome: CaseOutcome) -> str:

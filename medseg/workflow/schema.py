@@ -11,8 +11,10 @@
     output: {dir: runs/lobes-batch}
 
 Steps are a list; each item is a step name, or a one-key mapping `name: {options}`. Paths inside the file
-are relative to the file (except `output.dir`, relative to the working directory, like training configs).
-Schema errors name the YAML line, the key and the closest valid key.
+are relative to the file (except `output.dir`, relative to the working directory, like training configs);
+`${output}` in any value stands for the run folder (`output.dir`), so a workflow can keep the data it
+synthesizes and the models it trains inside its run. Schema errors name the YAML line, the key and the
+closest valid key.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from medseg.configfile import key_lines, read_mapping, validate_config
 from medseg.errors import ConfigError
 
-__all__ = ["STEP_KINDS", "Workflow", "load_workflow"]
+__all__ = ["PREPARATION_STEPS", "STEP_KINDS", "Workflow", "load_workflow"]
 
 LAYOUT_FIELDS = ("case_id", "patient_id", "study_uid", "series_uid")
 
@@ -127,6 +129,22 @@ class ExportStep(_Strict):
     auc_report: AucReport | None = None
 
 
+class SynthesizeStep(_Strict):
+    """Generate a synthetic dataset (`medseg synth ct|cxr`) into `out`, unless `out` already holds it."""
+
+    kind: Literal["synthesize"] = "synthesize"
+    dataset: Literal["ct", "cxr"] = Field(description="ct: chest CT phantoms (DICOM + lobe masks); cxr: PA "
+                                                      "radiographs (PNG + DICOM DX + labels.csv).")
+    cases: int = Field(ge=1, le=100_000)
+    out: Path = Field(description="Dataset folder (manifest.yaml inside); replaced only if a synthesize step "
+                                  "wrote it.")
+    seed: int = 0
+    size: int = Field(256, ge=64, le=1024, description="Matrix (ct) or image (cxr) size in pixels.")
+    slices: int | None = Field(None, ge=8, description="ct: slices per case (default: from the sampled spacing).")
+    findings: str = Field("random", description="ct: random | none | comma list of finding kinds.")
+    workers: int = Field(1, ge=1, description="cxr: parallel processes.")
+
+
 class TrainStep(_Strict):
     """Train a model from a training config (`medseg train`)."""
 
@@ -136,9 +154,11 @@ class TrainStep(_Strict):
     skip_if_exists: bool = Field(True, description="Skip when the run folder already holds best.safetensors.")
 
 
-Step = Annotated[LungMaskStep | SegmentLobesStep | ClassifyCxrStep | StatisticsStep | ExportStep | TrainStep,
-                 Field(discriminator="kind")]
-STEP_KINDS = ("lung_mask", "segment_lobes", "classify_cxr", "statistics", "export", "train")
+Step = Annotated[LungMaskStep | SegmentLobesStep | ClassifyCxrStep | StatisticsStep | ExportStep | SynthesizeStep
+                 | TrainStep, Field(discriminator="kind")]
+STEP_KINDS = ("synthesize", "train", "lung_mask", "segment_lobes", "classify_cxr", "statistics", "export")
+PREPARATION_STEPS = ("synthesize", "train")
+"""Steps that run once before any case (in file order); they may be repeated."""
 
 
 class Executor(_Strict):
@@ -216,10 +236,13 @@ class Workflow(_Strict):
     @model_validator(mode="after")
     def _step_order(self) -> Workflow:
         kinds = [step.kind for step in self.steps]
-        if any(kind != "train" for kind in kinds) and self.inputs is None:
-            raise ValueError("inputs: required for processing steps (only training workflows may omit it)")
+        if any(kind not in PREPARATION_STEPS for kind in kinds) and self.inputs is None:
+            raise ValueError("inputs: required for processing steps (only synthesize/train workflows may omit it)")
         for index, step in enumerate(self.steps):
             before = kinds[:index]
+            if step.kind in PREPARATION_STEPS and any(kind not in PREPARATION_STEPS for kind in before):
+                raise ValueError(f"steps[{index}] {step.kind} runs once before any case: list it before the "
+                                 "processing steps")
             if step.kind == "statistics" and not {"lung_mask", "segment_lobes"} & set(before):
                 raise ValueError(f"steps[{index}] statistics needs lung_mask or segment_lobes before it")
             if step.kind == "export":
@@ -227,7 +250,7 @@ class Workflow(_Strict):
                     raise ValueError(f"steps[{index}] export.dicom_seg needs lung_mask or segment_lobes before it")
                 if step.auc_report is not None and "classify_cxr" not in before:
                     raise ValueError(f"steps[{index}] export.auc_report needs classify_cxr before it")
-        duplicates = sorted({kind for kind in kinds if kinds.count(kind) > 1 and kind != "train"})
+        duplicates = sorted({kind for kind in kinds if kinds.count(kind) > 1 and kind not in PREPARATION_STEPS})
         if duplicates:
             raise ValueError(f"steps {duplicates} appear more than once")
         return self
@@ -237,8 +260,26 @@ class Workflow(_Strict):
         return next((step for step in self.steps if step.kind == kind), None)
 
 
+OUTPUT_PLACEHOLDER = "${output}"
+
+
 def _absolute(base: Path, value: str) -> str:
+    if value.startswith(OUTPUT_PLACEHOLDER):   # made absolute when the placeholder is expanded
+        return value
     return os.path.normpath(base / os.path.expanduser(value))
+
+
+def _expand_output(value: Any, output_dir: str) -> Any:
+    """`${output}` -> the absolute run folder, in every string of a nested mapping/list."""
+    if isinstance(value, str):
+        if OUTPUT_PLACEHOLDER not in value:
+            return value
+        return os.path.normpath(value.replace(OUTPUT_PLACEHOLDER, output_dir))
+    if isinstance(value, dict):
+        return {key: _expand_output(item, output_dir) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_output(item, output_dir) for item in value]
+    return value
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -255,7 +296,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         options = next(iter(item.values()), None) if isinstance(item, dict) and len(item) == 1 else item
         if not isinstance(options, dict):
             continue
-        for key in ("model", "config", "qc"):
+        for key in ("model", "config", "qc", "out"):
             if isinstance(options.get(key), str):
                 options[key] = _absolute(base, options[key])
         report = options.get("auc_report")
@@ -299,4 +340,10 @@ def load_workflow(path: str | os.PathLike[str], overrides: dict[str, Any] | None
     _resolve_paths(data, path.resolve().parent)
     if overrides:
         _apply_overrides(data, overrides)
+    output = data.get("output")
+    if isinstance(output, dict) and isinstance(output.get("dir"), str):
+        if OUTPUT_PLACEHOLDER in output["dir"]:
+            raise ConfigError(f"output.dir cannot contain {OUTPUT_PLACEHOLDER}", path)
+        expanded = os.path.abspath(os.path.expanduser(output["dir"]))
+        data = {key: value if key == "output" else _expand_output(value, expanded) for key, value in data.items()}
     return validate_config(Workflow, data, path, key_lines(path))

@@ -209,7 +209,7 @@ def synthesize_cxr_dataset(out_dir: str | os.PathLike[str], cases: int, seed: in
     started = time.perf_counter()
     out = Path(out_dir)
     shares = resolve_prevalence(prevalence)
-    settings = settings or RenderSettings()
+    settings = settings or RenderSettings.for_size(size)
     labels = sample_labels(_stream(seed, "labels"), cases, shares)
     inverted = np.zeros(cases, dtype=bool)
     inverted[_stream(seed, "photometric").permutation(cases)[: round(monochrome1_fraction * cases)]] = True

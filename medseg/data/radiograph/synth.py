@@ -33,6 +33,15 @@ class RenderSettings:
     vessel_density: float = 300.0
     attenuation: AttenuationModel = field(default_factory=AttenuationModel)
 
+    @classmethod
+    def for_size(cls, size: int, detector_mm: float = 430.0) -> RenderSettings:
+        """Defaults, with the phantom voxel coarsened for small images: 0.75 of the detector pixel, >= 1.5 mm.
+
+        Sizes from about 215 px up render exactly as the defaults; a 128 px image renders ~3x faster.
+        """
+        spacing = max(cls.spacing_mm, 0.75 * detector_mm / size)
+        return cls(spacing_mm=spacing, slab_mm=max(cls.slab_mm, spacing))
+
 
 @dataclass
 class SyntheticCxr:
@@ -89,7 +98,7 @@ def synthesize_radiograph(seed: int, findings: Sequence[str] = (), *, size: int 
 
     Everything random (anatomy, pose, findings, geometry, exposure, noise) follows from `seed`.
     """
-    settings = settings or RenderSettings()
+    settings = settings or RenderSettings.for_size(size)
     findings = tuple(sorted(findings))
     model = build_chest_model(seed, findings=findings, posture="upright", components=PHANTOM_COMPONENTS,
                               vessel_density=settings.vessel_density)
