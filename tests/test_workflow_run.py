@@ -161,10 +161,6 @@ def test_radiograph_workflow_writes_predictions_gradcam_and_an_auc_report(tmp_pa
     assert (tmp_path / "out" / "auc_report" / "report.json").is_file()
     assert (tmp_path / "out" / cases[0].case_id / "gradcam.png").is_file()
     assert (tmp_path / "out" / "index.html").is_file()
-    ray = (tmp_path / "cxr.yaml").read_text().replace("output: {dir: out}", "output: {dir: out}\nexecutor: {kind: ray}")
-    (tmp_path / "ray.yaml").write_text(ray)
-    refused = CliRunner().invoke(main, ["run", "ray.yaml"])
-    assert refused.exit_code == 2 and "not implemented" in refused.output
 
 
 def test_auc_labels_match_by_path_then_by_unique_file_name(tmp_path: Path) -> None:
@@ -177,3 +173,34 @@ def test_auc_labels_match_by_path_then_by_unique_file_name(tmp_path: Path) -> No
                  ("x3", str(tmp_path / "other" / "c.dcm")),               # ambiguous name: left as is
                  ("x4", str(tmp_path / "cxr" / "images" / "z.png"))]      # unlabelled
     assert _label_keys(labels, images, predicted) == ["images/a.png", "images/b.png", "x3", "x4"]
+
+
+def test_ray_executor_gives_the_local_results(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'medseg[ray]')")
+    monkeypatch.chdir(tree)
+    local = CliRunner().invoke(main, ["--quiet", "run", "wf.yaml", "--output", "out_local"])
+    assert local.exit_code == 0, local.output
+    result = CliRunner().invoke(main, ["--quiet", "run", "wf.yaml", "--output", "out_ray", "--set", "executor.kind=ray",
+                                       "--set", "executor.workers=2"])
+    assert result.exit_code == 0, result.output
+    ray_record, local_record = _record(tree / "out_ray"), _record(tree / "out_local")
+    assert ray_record["counts"] == local_record["counts"] == {"done": 4, "skipped": 0, "failed": 2,
+                                                              "input_problem": 2}
+    reasons = {c["source"]: (c["status"], c["reason"]) for c in local_record["cases"]}
+    assert {c["source"]: (c["status"], c["reason"]) for c in ray_record["cases"]} == reasons
+    done = [c["case_id"] for c in ray_record["cases"] if c["status"] == "done"]
+    assert len(done) == 4
+    for case_id in done:   # the same voxels, written by another process
+        np.testing.assert_array_equal(read_nifti(tree / "out_ray" / case_id / "lungs.nii.gz").array,
+                                      read_nifti(tree / "out_local" / case_id / "lungs.nii.gz").array)
+    assert (tree / "out_ray" / "index.html").is_file() and not (tree / "out_ray" / ".partial").exists()
+    rerun = CliRunner().invoke(main, ["--quiet", "run", "wf.yaml", "--output", "out_ray", "--set", "executor.kind=ray"])
+    assert rerun.exit_code == 0 and _record(tree / "out_ray")["counts"]["skipped"] == 4   # resumable as well
+
+
+def test_ray_settings_need_the_ray_executor(tree: Path) -> None:
+    from medseg.errors import ConfigError
+    from medseg.workflow import load_workflow
+
+    with pytest.raises(ConfigError, match="Ray settings"):
+        load_workflow(tree / "wf.yaml", {"executor.gpus_per_worker": 1})

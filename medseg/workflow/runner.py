@@ -1,9 +1,10 @@
 """Run a workflow over its cases (`medseg run`).
 
-Models are loaded once. The next case is read in a background thread while the current one computes. A
-failing case is recorded with its reason and the batch goes on. Each case is built in a hidden work folder
-and renamed into place when complete, so an interrupted run (even `kill -9`) never leaves a partial case
-folder; `run.json` is rewritten atomically after every case. A rerun skips cases whose folder holds a
+Preparation steps (synthesize, train) run first. Then the cases are found and handed to the executor
+(`medseg.workflow.executors`: local, or Ray), which loads each model once per process and yields each case's
+outcome. A failing case is recorded with its reason and the batch goes on. Each case is built in a hidden
+work folder and renamed into place when complete, so an interrupted run (even `kill -9`) never leaves a
+partial case folder; `run.json` is rewritten atomically after every case. A rerun skips cases whose folder holds a
 completed `case.json` made by the same steps and models (unless `force`); other cases are redone.
 """
 
@@ -16,47 +17,21 @@ import os
 import platform
 import shutil
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from medseg.errors import ConfigError, MedsegError
 from medseg.workflow.cases import Case, CaseList, discover_cases
+from medseg.workflow.processing import CASE_FILE, PARTIAL_DIR, CaseOutcome, case_folder, write_json
 from medseg.workflow.schema import PREPARATION_STEPS, Workflow
 
-__all__ = ["CASE_FILE", "CaseOutcome", "RunSummary", "run_workflow"]
+__all__ = ["RunSummary", "run_workflow"]
 
 log = logging.getLogger(__name__)
 
-CASE_FILE = "case.json"
 RUN_FILE = "run.json"
-_PARTIAL = ".partial"
-_LUNG_NAMES = {1: "right_lung", 2: "left_lung"}
-
-
-@dataclass
-class CaseOutcome:
-    case_id: str
-    kind: str
-    source: str
-    status: str
-    """done, failed, skipped (done by an earlier run) or input_problem (could not become a case)."""
-    reason: str = ""
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    fingerprint: str = ""
-    """What produced the outputs (processing steps, series rules, model cards): a rerun redoes the case when it
-    differs."""
 
 
 @dataclass
@@ -88,158 +63,6 @@ def _package_versions() -> dict[str, str]:
 def _config_hash(workflow: Workflow) -> str:
     text = json.dumps(workflow.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class _Models:
-    """The workflow's models, each loaded once on first use."""
-
-    def __init__(self, workflow: Workflow) -> None:
-        self.workflow = workflow
-        self._segmenter = None
-        self._classifier = None
-
-    @property
-    def device(self) -> str:
-        import torch
-
-        device = self.workflow.device
-        return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-    @property
-    def segmenter(self):
-        step = self.workflow.step("segment_lobes")
-        if step is not None and self._segmenter is None:
-            from medseg.infer.segment import LobeSegmenter
-
-            self._segmenter = LobeSegmenter(step.model, device=self.device, batch_size=step.batch_size, tta=step.tta)
-        return self._segmenter
-
-    @property
-    def classifier(self):
-        step = self.workflow.step("classify_cxr")
-        if step is not None and self._classifier is None:
-            from medseg.infer.classify import RadiographClassifier
-
-            self._classifier = RadiographClassifier(step.model, device=self.device, batch_size=step.batch_size,
-                                                    precision=step.precision)
-        return self._classifier
-
-
-def _case_folder(workflow: Workflow, case: Case) -> str:
-    values = {"case_id": case.case_id, "patient_id": case.patient_id or "unknown",
-              "study_uid": case.study_uid or "unknown", "series_uid": case.series_uid or "unknown"}
-    return workflow.output.layout.format(**values)
-
-
-def _read_case(case: Case, workflow: Workflow, models: _Models) -> Any:
-    """The case's image: a Volume (CT) or the classifier's prepared input (X-ray)."""
-    if case.kind == "xray":
-        if models.classifier is None:
-            raise ConfigError("this case is a radiograph but the workflow has no classify_cxr step")
-        return models.classifier.prepare(case.source)
-    from medseg.io import load_volume, require_ct
-    from medseg.io.dicom_series import ReadOptions, read_series
-
-    rules = workflow.inputs.series if workflow.inputs else None
-    options = ReadOptions(on_gantry_tilt=rules.gantry_tilt, on_uneven_spacing=rules.uneven_spacing) if rules \
-        else ReadOptions()
-    if case.series is not None:
-        volume = read_series(case.series, options)
-        volume.source = str(case.source)
-    else:
-        volume = load_volume(case.source, options=options)
-    require_ct(volume, "the CT steps")
-    return volume
-
-
-def _process_ct(case: Case, volume, workflow: Workflow, models: _Models, work: Path, outcome: CaseOutcome) -> None:
-    from medseg.infer.segment import segment_lungs
-
-    started = time.perf_counter()
-    if workflow.step("segment_lobes") is not None:
-        result = models.segmenter(volume)
-        label_map, names, prefix = "lobes", result.label_names, "lobes"
-    elif workflow.step("lung_mask") is not None:
-        result = segment_lungs(volume)
-        label_map, names, prefix = "lungs", _LUNG_NAMES, "lungs"
-    else:
-        return
-    outcome.timings["segment"] = time.perf_counter() - started
-    labels = result.labels
-    voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    counts = np.bincount(labels.array.ravel(), minlength=max(names, default=0) + 1)
-    outcome.summary["volumes_ml"] = {names[v]: round(float(counts[v]) * voxel_ml, 1) for v in names if v}
-    if workflow.step("statistics") is not None:
-        from medseg.export.statistics import load_qc_ranges, lobe_statistics, write_statistics
-
-        started = time.perf_counter()
-        step = workflow.step("statistics")
-        qc = load_qc_ranges(step.qc) if step.qc else None
-        stats = lobe_statistics(volume, labels.array, {v: n for v, n in names.items() if v}, qc,
-                                labels_source=case.case_id)
-        write_statistics(stats, work / "statistics.csv", work / "statistics.json")
-        outcome.outputs.update(statistics_csv="statistics.csv", statistics_json="statistics.json")
-        outcome.flags = sorted({flag.code for flag in stats.flags})
-        outcome.timings["statistics"] = time.perf_counter() - started
-    export = workflow.step("export")
-    if export is None:
-        return
-    started = time.perf_counter()
-    if export.nifti:
-        from medseg.io import write_nifti
-
-        write_nifti(labels, work / f"{prefix}.nii.gz", label=True)
-        outcome.outputs["nifti"] = f"{prefix}.nii.gz"
-    if export.dicom_seg:
-        from medseg.errors import GeometryError
-        from medseg.export.dicom_seg import write_dicom_seg
-
-        try:
-            write_dicom_seg(labels.array, volume, work / f"{prefix}_seg.dcm", label_map=label_map,
-                            series_description=f"medseg {prefix}")
-            outcome.outputs["dicom_seg"] = f"{prefix}_seg.dcm"
-        except (GeometryError, MedsegError) as exc:
-            outcome.notes.append(f"no DICOM SEG: {exc}")
-    if export.overlays:
-        from medseg.export.overlay import LOBE_COLOURS, LUNG_COLOURS, save_label_montage
-
-        colours = LOBE_COLOURS if label_map == "lobes" else LUNG_COLOURS
-        save_label_montage(volume, labels.array, work / "overlay.png", title=case.case_id, colours=colours)
-        outcome.outputs["overlay"] = "overlay.png"
-    outcome.timings["export"] = time.perf_counter() - started
-
-
-def _process_xray(case: Case, image: np.ndarray, workflow: Workflow, models: _Models, work: Path,
-                  outcome: CaseOutcome) -> None:
-    classifier = models.classifier
-    started = time.perf_counter()
-    probs = classifier.predict(image[None])[0]
-    calls = classifier.calls(probs[None])[0]
-    outcome.timings["classify"] = time.perf_counter() - started
-    outcome.summary["probabilities"] = {n: round(float(p), 6) for n, p in zip(classifier.classes, probs, strict=True)}
-    outcome.summary["calls"] = {n: int(c) for n, c in zip(classifier.classes, calls, strict=True)}
-    step = workflow.step("classify_cxr")
-    if step.cam:
-        from medseg.infer.explain import grad_cam, save_cam_panel
-
-        started = time.perf_counter()
-        chosen = [int(i) for i in np.flatnonzero(calls)] or [int(np.argmax(probs))]
-        if step.cam_classes == "all":
-            chosen = list(range(len(probs)))
-        elif step.cam_classes == "top":
-            chosen = [int(np.argmax(probs))]
-        panels = [(classifier.classes[k], float(probs[k]), grad_cam(classifier.model, image[None], k)[0])
-                  for k in chosen]
-        save_cam_panel(work / "gradcam.png", image[0], panels, title=case.case_id)
-        outcome.outputs["gradcam"] = "gradcam.png"
-        outcome.timings["gradcam"] = time.perf_counter() - started
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    from medseg.io.atomic import atomic_path
-
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, default=str))
 
 
 def _processing_fingerprint(workflow: Workflow) -> str:
@@ -277,76 +100,16 @@ def _finished(folder: Path, fingerprint: str) -> CaseOutcome | None:
         return None
 
 
-def _run_case(case: Case, loaded: Future, workflow: Workflow, models: _Models, out: Path, fingerprint: str
-              ) -> CaseOutcome:
-    outcome = CaseOutcome(case.case_id, case.kind, str(case.source), "failed", notes=list(case.notes),
-                          fingerprint=fingerprint)
-    started = time.perf_counter()
-    final = out / _case_folder(workflow, case)
-    work = out / _PARTIAL / f"{final.name}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        image = loaded.result()
-        outcome.timings["read"] = getattr(loaded, "medseg_seconds", 0.0)
-        (_process_xray if case.kind == "xray" else _process_ct)(case, image, workflow, models, work, outcome)
-        outcome.status = "done"
-    except (MedsegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-        outcome.reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, MedsegError) else str(exc)
-        log.debug("case %s failed:\n%s", case.case_id, traceback.format_exc())
-    outcome.seconds = round(time.perf_counter() - started, 3)
-    outcome.timings = {k: round(v, 3) for k, v in outcome.timings.items()}
-    if outcome.status == "done":
-        _write_json(work / CASE_FILE, asdict(outcome))
-        if final.exists():
-            shutil.rmtree(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work, final)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return outcome
-
-
-def _prefetched(cases: list[Case], workflow: Workflow, models: _Models, workers: int
-                ) -> Iterator[tuple[Case, Future]]:
-    """(case, future image) in order, reading up to `workers` cases ahead of the one being computed."""
-    def read(case: Case) -> Any:
-        started = time.perf_counter()
-        value = _read_case(case, workflow, models)
-        future_seconds[case.case_id] = time.perf_counter() - started
-        return value
-
-    future_seconds: dict[str, float] = {}
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="medseg-case-read") as pool:
-        pending: list[tuple[Case, Future]] = []
-        queue = iter(cases)
-        for case in queue:
-            pending.append((case, pool.submit(read, case)))
-            if len(pending) > workers:
-                break
-        while pending:
-            case, future = pending.pop(0)
-            following = next(queue, None)
-            if following is not None:
-                pending.append((following, pool.submit(read, following)))
-            wait([future])   # a failed read is raised (and recorded) by _run_case
-            future.medseg_seconds = future_seconds.get(case.case_id, 0.0)  # type: ignore[attr-defined]
-            yield case, future
-
-
 def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = True,
                  on_case: Callable[[CaseOutcome], None] | None = None) -> RunSummary:
     """Run every case of `workflow`; see the module docstring for the guarantees."""
     from medseg.workflow.synthesize import run_synthesize_steps
     from medseg.workflow.training import run_training_steps
 
-    if workflow.executor.kind != "local":
-        raise ConfigError(f"executor.kind {workflow.executor.kind!r} is not implemented in this version; use local "
-                          "(one process, reading ahead while computing)")
     started = time.perf_counter()
     out = Path(workflow.output.dir)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / _PARTIAL, ignore_errors=True)   # work folders of an interrupted run
+    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)   # work folders of an interrupted run
     run_synthesize_steps(workflow, progress=progress)
     run_training_steps(workflow, progress=progress)
     record: dict[str, Any] = {
@@ -356,17 +119,16 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
         "workflow_config": workflow.model_dump(mode="json"), "cases": []}
     outcomes: list[CaseOutcome] = []
     if workflow.inputs is None:
-        _write_json(out / RUN_FILE, record)
+        write_json(out / RUN_FILE, record)
         return RunSummary(out, outcomes, time.perf_counter() - started)
 
     found: CaseList = discover_cases(workflow.inputs)
     outcomes.extend(CaseOutcome("", "", problem.source, "input_problem", problem.reason)
                     for problem in found.problems)
-    models = _Models(workflow)
     fingerprint = _processing_fingerprint(workflow)
     todo: list[Case] = []
     for case in found.cases:
-        previous = None if force else _finished(out / _case_folder(workflow, case), fingerprint)
+        previous = None if force else _finished(out / case_folder(workflow, case), fingerprint)
         if previous is not None:
             outcomes.append(previous)
         else:
@@ -377,23 +139,28 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
         record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         record["counts"] = {s: sum(o.status == s for o in outcomes)
                             for s in ("done", "skipped", "failed", "input_problem")}
-        _write_json(out / RUN_FILE, record)
+        write_json(out / RUN_FILE, record)
 
     save()
     from medseg.progress import eta_progress
+    from medseg.workflow.executors import make_executor
 
-    with eta_progress(enabled=progress) as bar:
-        task = bar.add_task(workflow.name, total=len(todo), info="")
-        for case, loaded in _prefetched(todo, workflow, models, workflow.executor.workers):
-            outcome = _run_case(case, loaded, workflow, models, out, fingerprint)
-            outcomes.append(outcome)
-            save()
-            if on_case is not None:
-                on_case(outcome)
-            bar.update(task, advance=1, info=f"{case.case_id}: {outcome.status}")
-    shutil.rmtree(out / _PARTIAL, ignore_errors=True)
-    if models.classifier is not None:
-        _batch_predictions(workflow, models.classifier.classes, outcomes, out, record)
+    executor = make_executor(workflow, out, fingerprint) if todo else None
+    try:
+        with eta_progress(enabled=progress) as bar:
+            task = bar.add_task(workflow.name, total=len(todo), info="")
+            for outcome in executor.outcomes(todo) if executor else ():
+                outcomes.append(outcome)
+                save()
+                if on_case is not None:
+                    on_case(outcome)
+                bar.update(task, advance=1, info=f"{outcome.case_id}: {outcome.status}")
+    finally:
+        if executor is not None:
+            executor.close()
+    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+    if workflow.step("classify_cxr") is not None:
+        _batch_predictions(workflow, outcomes, out, record)
         save()
     export = workflow.step("export")
     if export is not None and export.review_html:
@@ -405,8 +172,7 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     return RunSummary(out, outcomes, time.perf_counter() - started)
 
 
-def _batch_predictions(workflow: Workflow, classes: list[str], outcomes: list[CaseOutcome], out: Path,
-                       record: dict[str, Any]) -> None:
+def _batch_predictions(workflow: Workflow, outcomes: list[CaseOutcome], out: Path, record: dict[str, Any]) -> None:
     """predictions.csv for every classified radiograph (the `medseg classify` layout) and the AUC report."""
     import csv
 
@@ -415,6 +181,7 @@ def _batch_predictions(workflow: Workflow, classes: list[str], outcomes: list[Ca
     rows = [o for o in outcomes if o.kind == "xray" and o.status in ("done", "skipped") and o.summary]
     if not rows:
         return
+    classes = list(rows[0].summary["probabilities"])   # the model's class order
     path = out / "predictions.csv"
     with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)

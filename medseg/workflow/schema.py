@@ -162,11 +162,21 @@ PREPARATION_STEPS = ("synthesize", "train")
 
 
 class Executor(_Strict):
-    """How cases run: `local` (one process, reading the next case while computing) or `ray` (a Ray cluster)."""
+    """Where cases run: `local` (this process, reading ahead while computing) or `ray` (Ray actors, each
+    loading the models once; a Ray cluster at `address`, or a local Ray started for the run)."""
 
     kind: Literal["local", "ray"] = "local"
-    workers: int = Field(1, ge=1, description="local: worker threads for reading/exporting; ray: actors.")
-    address: str | None = Field(None, description="ray: cluster address (default: start a local Ray).")
+    workers: int = Field(1, ge=1, description="local: reader threads running ahead; ray: actors.")
+    address: str | None = Field(None, description="ray: cluster address, e.g. 'auto' or 'ray://head:10001' "
+                                                  "(default: start a local Ray for this run).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="ray: CPUs each actor reserves (and uses for torch).")
+    gpus_per_worker: float = Field(0.0, ge=0, description="ray: GPUs each actor reserves (0.5: two per GPU).")
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> Executor:
+        if self.kind == "local" and (self.address is not None or self.gpus_per_worker or self.cpus_per_worker != 1):
+            raise ValueError("address, cpus_per_worker and gpus_per_worker are Ray settings; set executor.kind: ray")
+        return self
 
 
 class Output(_Strict):

@@ -1,0 +1,235 @@
+"""One case through a workflow's per-case steps: read, segment or classify, statistics, exports.
+
+`run_case` builds the case in a hidden work folder and renames it into place only when complete (so even
+`kill -9` never leaves a partial case folder) and records what happened in a `CaseOutcome`. The executors
+(`medseg.workflow.executors`) decide where and in which order cases run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import ConfigError, MedsegError
+from medseg.workflow.cases import Case
+from medseg.workflow.schema import Workflow
+
+__all__ = ["CASE_FILE", "PARTIAL_DIR", "CaseModels", "CaseOutcome", "case_folder", "read_case", "run_case",
+           "write_json"]
+
+log = logging.getLogger(__name__)
+
+CASE_FILE = "case.json"
+PARTIAL_DIR = ".partial"
+_LUNG_NAMES = {1: "right_lung", 2: "left_lung"}
+
+
+@dataclass
+class CaseOutcome:
+    case_id: str
+    kind: str
+    source: str
+    status: str
+    """done, failed, skipped (done by an earlier run) or input_problem (could not become a case)."""
+    reason: str = ""
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    """What produced the outputs (processing steps, series rules, model cards): a rerun redoes the case when it
+    differs."""
+
+
+class CaseModels:
+    """The workflow's models, each loaded once on first use."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self._segmenter = None
+        self._classifier = None
+
+    @property
+    def device(self) -> str:
+        import torch
+
+        device = self.workflow.device
+        return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+    @property
+    def segmenter(self):
+        step = self.workflow.step("segment_lobes")
+        if step is not None and self._segmenter is None:
+            from medseg.infer.segment import LobeSegmenter
+
+            self._segmenter = LobeSegmenter(step.model, device=self.device, batch_size=step.batch_size, tta=step.tta)
+        return self._segmenter
+
+    @property
+    def classifier(self):
+        step = self.workflow.step("classify_cxr")
+        if step is not None and self._classifier is None:
+            from medseg.infer.classify import RadiographClassifier
+
+            self._classifier = RadiographClassifier(step.model, device=self.device, batch_size=step.batch_size,
+                                                    precision=step.precision)
+        return self._classifier
+
+
+def case_folder(workflow: Workflow, case: Case) -> str:
+    values = {"case_id": case.case_id, "patient_id": case.patient_id or "unknown",
+              "study_uid": case.study_uid or "unknown", "series_uid": case.series_uid or "unknown"}
+    return workflow.output.layout.format(**values)
+
+
+def read_case(case: Case, workflow: Workflow, models: CaseModels) -> Any:
+    """The case's image: a Volume (CT) or the classifier's prepared input (X-ray)."""
+    if case.kind == "xray":
+        if models.classifier is None:
+            raise ConfigError("this case is a radiograph but the workflow has no classify_cxr step")
+        return models.classifier.prepare(case.source)
+    from medseg.io import load_volume, require_ct
+    from medseg.io.dicom_series import ReadOptions, read_series
+
+    rules = workflow.inputs.series if workflow.inputs else None
+    options = ReadOptions(on_gantry_tilt=rules.gantry_tilt, on_uneven_spacing=rules.uneven_spacing) if rules \
+        else ReadOptions()
+    if case.series is not None:
+        volume = read_series(case.series, options)
+        volume.source = str(case.source)
+    else:
+        volume = load_volume(case.source, options=options)
+    require_ct(volume, "the CT steps")
+    return volume
+
+
+def _process_ct(case: Case, volume, workflow: Workflow, models: CaseModels, work: Path, outcome: CaseOutcome) -> None:
+    from medseg.infer.segment import segment_lungs
+
+    started = time.perf_counter()
+    if workflow.step("segment_lobes") is not None:
+        result = models.segmenter(volume)
+        label_map, names, prefix = "lobes", result.label_names, "lobes"
+    elif workflow.step("lung_mask") is not None:
+        result = segment_lungs(volume)
+        label_map, names, prefix = "lungs", _LUNG_NAMES, "lungs"
+    else:
+        return
+    outcome.timings["segment"] = time.perf_counter() - started
+    labels = result.labels
+    voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+    counts = np.bincount(labels.array.ravel(), minlength=max(names, default=0) + 1)
+    outcome.summary["volumes_ml"] = {names[v]: round(float(counts[v]) * voxel_ml, 1) for v in names if v}
+    if workflow.step("statistics") is not None:
+        from medseg.export.statistics import load_qc_ranges, lobe_statistics, write_statistics
+
+        started = time.perf_counter()
+        step = workflow.step("statistics")
+        qc = load_qc_ranges(step.qc) if step.qc else None
+        stats = lobe_statistics(volume, labels.array, {v: n for v, n in names.items() if v}, qc,
+                                labels_source=case.case_id)
+        write_statistics(stats, work / "statistics.csv", work / "statistics.json")
+        outcome.outputs.update(statistics_csv="statistics.csv", statistics_json="statistics.json")
+        outcome.flags = sorted({flag.code for flag in stats.flags})
+        outcome.timings["statistics"] = time.perf_counter() - started
+    export = workflow.step("export")
+    if export is None:
+        return
+    started = time.perf_counter()
+    if export.nifti:
+        from medseg.io import write_nifti
+
+        write_nifti(labels, work / f"{prefix}.nii.gz", label=True)
+        outcome.outputs["nifti"] = f"{prefix}.nii.gz"
+    if export.dicom_seg:
+        from medseg.errors import GeometryError
+        from medseg.export.dicom_seg import write_dicom_seg
+
+        try:
+            write_dicom_seg(labels.array, volume, work / f"{prefix}_seg.dcm", label_map=label_map,
+                            series_description=f"medseg {prefix}")
+            outcome.outputs["dicom_seg"] = f"{prefix}_seg.dcm"
+        except (GeometryError, MedsegError) as exc:
+            outcome.notes.append(f"no DICOM SEG: {exc}")
+    if export.overlays:
+        from medseg.export.overlay import LOBE_COLOURS, LUNG_COLOURS, save_label_montage
+
+        colours = LOBE_COLOURS if label_map == "lobes" else LUNG_COLOURS
+        save_label_montage(volume, labels.array, work / "overlay.png", title=case.case_id, colours=colours)
+        outcome.outputs["overlay"] = "overlay.png"
+    outcome.timings["export"] = time.perf_counter() - started
+
+
+def _process_xray(case: Case, image: np.ndarray, workflow: Workflow, models: CaseModels, work: Path,
+                  outcome: CaseOutcome) -> None:
+    classifier = models.classifier
+    started = time.perf_counter()
+    probs = classifier.predict(image[None])[0]
+    calls = classifier.calls(probs[None])[0]
+    outcome.timings["classify"] = time.perf_counter() - started
+    outcome.summary["probabilities"] = {n: round(float(p), 6) for n, p in zip(classifier.classes, probs, strict=True)}
+    outcome.summary["calls"] = {n: int(c) for n, c in zip(classifier.classes, calls, strict=True)}
+    step = workflow.step("classify_cxr")
+    if step.cam:
+        from medseg.infer.explain import grad_cam, save_cam_panel
+
+        started = time.perf_counter()
+        chosen = [int(i) for i in np.flatnonzero(calls)] or [int(np.argmax(probs))]
+        if step.cam_classes == "all":
+            chosen = list(range(len(probs)))
+        elif step.cam_classes == "top":
+            chosen = [int(np.argmax(probs))]
+        panels = [(classifier.classes[k], float(probs[k]), grad_cam(classifier.model, image[None], k)[0])
+                  for k in chosen]
+        save_cam_panel(work / "gradcam.png", image[0], panels, title=case.case_id)
+        outcome.outputs["gradcam"] = "gradcam.png"
+        outcome.timings["gradcam"] = time.perf_counter() - started
+
+
+def write_json(path: Path, payload: Any) -> None:
+    from medseg.io.atomic import atomic_path
+
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def run_case(case: Case, loaded: Future, workflow: Workflow, models: CaseModels, out: Path, fingerprint: str
+              ) -> CaseOutcome:
+    outcome = CaseOutcome(case.case_id, case.kind, str(case.source), "failed", notes=list(case.notes),
+                          fingerprint=fingerprint)
+    started = time.perf_counter()
+    final = out / case_folder(workflow, case)
+    work = out / PARTIAL_DIR / f"{final.name}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        image = loaded.result()
+        outcome.timings["read"] = getattr(loaded, "medseg_seconds", 0.0)
+        (_process_xray if case.kind == "xray" else _process_ct)(case, image, workflow, models, work, outcome)
+        outcome.status = "done"
+    except Exception as exc:   # any failure stays with its case; the batch goes on
+        outcome.reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, MedsegError) else str(exc)
+        log.debug("case %s failed:\n%s", case.case_id, traceback.format_exc())
+    outcome.seconds = round(time.perf_counter() - started, 3)
+    outcome.timings = {k: round(v, 3) for k, v in outcome.timings.items()}
+    if outcome.status == "done":
+        write_json(work / CASE_FILE, asdict(outcome))
+        if final.exists():
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, final)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return outcome
