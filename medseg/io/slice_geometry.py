@@ -130,7 +130,7 @@ def check_uniform_spacing(geometry: StackGeometry, *, relative_tolerance: float 
     if np.all(np.abs(ratios - np.round(ratios)) < 0.1) and np.all(np.round(ratios) >= 2):
         missing = int(np.sum(np.round(ratios) - 1))
         where = ", ".join(
-            f"{geometry.offsets[i]:.2f}-{geometry.offsets[i + 1]:.2f} mm" for i in bad[:5]
+            f"{geometry.offsets[i]:.2f} to {geometry.offsets[i + 1]:.2f} mm" for i in bad[:5]
         )
         return f"{missing} missing slice(s): gap(s) at {where} along the normal (spacing {spacing:.3f} mm)"
     return (

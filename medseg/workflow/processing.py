@@ -226,10 +226,12 @@ def run_case(case: Case, loaded: Future, workflow: Workflow, models: CaseModels,
     outcome.timings = {k: round(v, 3) for k, v in outcome.timings.items()}
     if outcome.status == "done":
         write_json(work / CASE_FILE, asdict(outcome))
-        if final.exists():
-            shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
+        old = work.with_name(f"{work.name}.replaced")
+        if final.exists():   # a redone case: swap whole folders, never delete files in a visible one
+            os.replace(final, old)
         os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
     else:
         shutil.rmtree(work, ignore_errors=True)
     return outcome
