@@ -199,3 +199,28 @@ def test_segment_files_isolates_failures_and_writes_the_rest(realdata: Path, tmp
     assert isinstance(results[good], SegmentationResult) and "write" in results[good].timings
     written = nib.load(tmp_path / "b.nii.gz")
     assert set(np.unique(np.asarray(written.dataobj))) == {0, 1, 2}
+
+
+def test_stray_lobe_pieces_join_the_lobe_they_border() -> None:
+    from scipy import ndimage
+
+    from medseg.infer.segment import _keep_largest_components
+
+    labels = np.zeros((30, 20, 20), np.uint8)
+    labels[2:14, 2:18, 2:18] = 1                   # lobe 1
+    labels[14:28, 2:18, 2:18] = 2                  # lobe 2
+    labels[20:23, 8:11, 8:11] = 1                  # a piece of 1 inside 2: becomes 2
+    labels[5:7, 5:7, 5:7] = 2                      # a piece of 2 inside 1: becomes 1
+    labels[10:14, 2:6, 2:6] = 3                    # lobe 3 (small, main body, borders 1 and 2)
+    labels[16:18, 14:16, 14:16] = 3                # a piece of 3 inside 2: becomes 2
+    island = (slice(0, 1), slice(0, 2), slice(0, 2))
+    labels[island] = 1                             # lung island touching nothing else (diagonal gap): stays
+    labels[1, :, :] = 0
+    expected = labels.copy()
+    expected[20:23, 8:11, 8:11] = 2
+    expected[5:7, 5:7, 5:7] = 1
+    expected[16:18, 14:16, 14:16] = 2
+    _keep_largest_components(labels, [1, 2, 3])
+    np.testing.assert_array_equal(labels, expected)
+    cube = np.ones((3, 3, 3), bool)
+    assert ndimage.label(labels == 2, structure=cube)[1] == 1 and ndimage.label(labels == 3, structure=cube)[1] == 1

@@ -159,35 +159,33 @@ class LobeSegmenter:
             crop_out[:, :, k0:k1] = np.moveaxis(label.numpy(), 0, 2)
 
 
-def _keep_largest_components(labels: np.ndarray, values: Iterable[int]) -> None:
-    """In place: keep each label's largest 3D component; voxels of the other pieces take the label of the
-    nearest kept voxel (so every lung voxel keeps a lobe)."""
+def _keep_largest_components(labels: np.ndarray, values: Iterable[int], passes: int = 3) -> None:
+    """In place: each label keeps its largest 26-connected component; every other piece takes the label it
+    shares the most boundary with (so every lung voxel keeps a lobe). A piece touching no other label (an
+    island of lung) stays. Repeated while pieces move (a piece can join a label it is not connected to)."""
     from scipy import ndimage
 
-    removed = np.zeros(labels.shape, dtype=bool)
-    for value in values:
-        mask = labels == value
-        if not mask.any():
-            continue
-        components, count = ndimage.label(mask)
-        if count <= 1:
-            continue
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        stray = mask & (components != int(sizes.argmax()))
-        removed |= stray
-    if not removed.any():
-        return
-    labels[removed] = 0
-    for box in ndimage.find_objects(ndimage.label(removed)[0]):
-        grown = tuple(slice(max(0, s.start - 8), s.stop + 8) for s in box)
-        region = labels[grown]
-        holes = removed[grown]
-        kept = (region > 0) & ~holes
-        if not kept.any():
-            continue
-        _, (ii, jj, kk) = ndimage.distance_transform_edt(~kept, return_indices=True)
-        region[holes] = region[ii[holes], jj[holes], kk[holes]]
+    cube = np.ones((3, 3, 3), dtype=bool)
+    for _ in range(passes):
+        moved = False
+        for value in values:
+            components, count = ndimage.label(labels == value, structure=cube)
+            if count <= 1:
+                continue
+            largest = int(np.bincount(components.ravel())[1:].argmax()) + 1
+            for index, box in enumerate(ndimage.find_objects(components), start=1):
+                if index == largest or box is None:
+                    continue
+                grown = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in box)
+                region = labels[grown]                       # a view: writes go to `labels`
+                piece = components[grown] == index
+                around = region[ndimage.binary_dilation(piece, structure=cube) & ~piece]
+                around = around[(around != 0) & (around != value)]
+                if around.size:
+                    region[piece] = np.bincount(around).argmax()
+                    moved = True
+        if not moved:
+            return
 
 
 def _prefetch(loader: Callable[[Path], Volume], inputs: list[Path]) -> Iterator[tuple[Path, Volume | Exception]]:
