@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["to_json_types"]
+__all__ = ["dumps_json", "finite_json", "to_json_types"]
 
 
 def to_json_types(value: Any, where: str = "value", *, strict: bool = False) -> Any:
@@ -27,3 +29,20 @@ def to_json_types(value: Any, where: str = "value", *, strict: bool = False) -> 
     if strict:
         raise ValueError(f"{where}: {type(value).__name__} is not JSON-serialisable")
     return value
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN / Infinity float replaced by None (JSON has no such numbers; `json.dumps` would
+    write bare `NaN`, which strict readers refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps_json(value: Any, *, indent: int | None = 2, default: Any = str) -> str:
+    """Strict JSON text of `value`: numpy/torch/path values made plain, non-finite numbers written as null."""
+    return json.dumps(finite_json(to_json_types(value)), indent=indent, default=default, allow_nan=False)

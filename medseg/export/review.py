@@ -553,7 +553,7 @@ def _index_body(record: dict[str, Any], cases: list[_Case], out_dir: Path) -> st
     when = f"{_when(record.get('started'))} → {_when(record.get('finished'))}"
     parts = [f"<div class=top><span>medseg review</span><span>{'medseg ' + _e(version) if version else ''}</span>"
              "</div>", f"<h1>Run {_e(name)}</h1>",
-             f"<p class=meta>{_e(when)} · output <code>{_e(out_dir.resolve())}</code></p>",
+             f"<p class=meta>{_e(when)} · output <code>{_e(out_dir.resolve().name)}</code></p>",
              "<div class=cards>", _card("cases", len(entries)), _card("done", count["done"]),
              _card("done earlier", count["skipped"]) if count["skipped"] else "",
              _card("failed", count["failed"], "red"), _card("not a case", count["input_problem"], "amber"),

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from medseg.errors import InputError
 
-__all__ = ["Case", "CaseList", "CaseProblem", "discover_cases"]
+__all__ = ["Case", "CaseList", "CaseProblem", "discover_cases", "relative_source", "relative_text"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ class Case:
     notes: list[str] = field(default_factory=list)
     series: Any = field(default=None, repr=False, compare=False)
     """The selected `medseg.io.dicom_discovery.Series` (headers already read) for DICOM studies."""
+    folder: str = ""
+    """Its case folder relative to the output folder (set by the runner from the output layout)."""
+    shown_source: str = ""
+    """`source` as recorded in run.json and review pages: relative to the input root when inside it."""
 
 
 @dataclass
@@ -56,6 +60,8 @@ class CaseList:
     cases: list[Case] = field(default_factory=list)
     problems: list[CaseProblem] = field(default_factory=list)
     skipped_files: int = 0
+    root: Path | None = None
+    """The input root (the tree's folder, or the manifest's folder) that recorded paths are relative to."""
 
 
 def _case_id(root: Path, path: Path) -> str:
@@ -195,7 +201,9 @@ def _manifest_cases(manifest_path: Path, splits: list[str] | None) -> CaseList:
 def discover_cases(inputs) -> CaseList:
     """The cases of a workflow's `inputs` (a `medseg.workflow.schema.Inputs`)."""
     if inputs.manifest is not None:
-        return _manifest_cases(Path(inputs.manifest), inputs.splits)
+        listed = _manifest_cases(Path(inputs.manifest), inputs.splits)
+        listed.root = Path(inputs.manifest).parent
+        return listed
     root = Path(inputs.path)
     if not root.exists():
         raise InputError("no such file or folder", root)
@@ -204,6 +212,30 @@ def discover_cases(inputs) -> CaseList:
         kind: Literal["ct", "xray"] = "xray" if name.endswith(_BITMAP_SUFFIXES) else "ct"
         if not name.endswith((*_VOLUME_SUFFIXES, *_BITMAP_SUFFIXES)):
             listed = _tree_cases(root.parent, root.name, inputs.series.selection_rules())
-            return listed
-        return CaseList([Case(_case_id(root.parent, root), kind, root)])
-    return _tree_cases(root, inputs.glob, inputs.series.selection_rules())
+        else:
+            listed = CaseList([Case(_case_id(root.parent, root), kind, root)])
+        listed.root = root.parent
+        return listed
+    listed = _tree_cases(root, inputs.glob, inputs.series.selection_rules())
+    listed.root = root
+    return listed
+
+
+def relative_text(text: str, root: Path | None) -> str:
+    """`text` with the input root's absolute path removed (paths in records are relative to the input root)."""
+    if not root or not text:
+        return text
+    prefix = os.path.abspath(root).rstrip(os.sep) + os.sep
+    return text.replace(prefix, "")
+
+
+def relative_source(path: str | os.PathLike[str], root: Path | None) -> str:
+    """`path` relative to the input root when it lies inside it (POSIX), else as given."""
+    if root is None:
+        return str(path)
+    absolute, base = os.path.abspath(path), os.path.abspath(root)
+    if absolute == base:
+        return "."
+    if os.path.commonpath([absolute, base]) == base:
+        return Path(os.path.relpath(absolute, base)).as_posix()
+    return str(path)

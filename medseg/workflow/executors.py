@@ -17,12 +17,12 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, Protocol
 
 from medseg.errors import ConfigError
 from medseg.workflow.cases import Case
-from medseg.workflow.processing import CaseModels, CaseOutcome, read_case, run_case
+from medseg.workflow.processing import CaseModels, CaseOutcome, RunContext, read_case, run_case
 from medseg.workflow.schema import Workflow
 
 __all__ = ["CaseExecutor", "LocalExecutor", "RayExecutor", "make_executor"]
@@ -41,13 +41,13 @@ class CaseExecutor(Protocol):
 class LocalExecutor:
     """This process: models loaded once, `workers` reader threads running ahead of the computing case."""
 
-    def __init__(self, workflow: Workflow, out: Path, fingerprint: str) -> None:
-        self.workflow, self.out, self.fingerprint = workflow, out, fingerprint
+    def __init__(self, workflow: Workflow, context: RunContext) -> None:
+        self.workflow, self.context = workflow, context
         self.models = CaseModels(workflow)
 
     def outcomes(self, cases: list[Case]) -> Iterator[CaseOutcome]:
         for case, loaded in self._prefetched(cases):
-            yield run_case(case, loaded, self.workflow, self.models, self.out, self.fingerprint)
+            yield run_case(case, loaded, self.workflow, self.models, self.context)
 
     def _prefetched(self, cases: list[Case]) -> Iterator[tuple[Case, Future]]:
         """(case, future image) in order, reading up to `workers` cases ahead of the one being computed."""
@@ -83,8 +83,8 @@ class LocalExecutor:
 class _CaseWorker:
     """A Ray actor's state: the workflow and its models, loaded once per actor."""
 
-    def __init__(self, workflow: Workflow, out: str, fingerprint: str) -> None:
-        self.workflow, self.out, self.fingerprint = workflow, Path(out), fingerprint
+    def __init__(self, workflow: Workflow, context: RunContext) -> None:
+        self.workflow, self.context = workflow, context
         self.models = CaseModels(workflow)
 
     def run(self, case: Case) -> CaseOutcome:
@@ -95,13 +95,13 @@ class _CaseWorker:
         except BaseException as exc:  # recorded by run_case like a local read failure
             loaded.set_exception(exc)
         loaded.medseg_seconds = time.perf_counter() - started  # type: ignore[attr-defined]
-        return run_case(case, loaded, self.workflow, self.models, self.out, self.fingerprint)
+        return run_case(case, loaded, self.workflow, self.models, self.context)
 
 
 class RayExecutor:
     """`workers` Ray actors; one case in flight per actor; a dead actor fails its case and is replaced."""
 
-    def __init__(self, workflow: Workflow, out: Path, fingerprint: str) -> None:
+    def __init__(self, workflow: Workflow, context: RunContext) -> None:
         try:
             import ray
         except ImportError:
@@ -118,7 +118,8 @@ class RayExecutor:
                 raise ConfigError(f"executor.address {settings.address!r}: cannot connect to Ray ({exc})") from None
         self.actor_class = ray.remote(num_cpus=settings.cpus_per_worker,
                                       num_gpus=settings.gpus_per_worker)(_CaseWorker)
-        self.arguments = (workflow, str(out.resolve()), fingerprint)
+        self.arguments = (workflow, replace(context, out=context.out.resolve(),
+                                            work_root=context.work_root.resolve()))
         self.workers = settings.workers
 
     def _actor(self):
@@ -140,7 +141,7 @@ class RayExecutor:
                 outcome = ray.get(done)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.OutOfMemoryError) as exc:
-                outcome = CaseOutcome(case.case_id, case.kind, str(case.source), "failed",
+                outcome = CaseOutcome(case.case_id, case.kind, case.shown_source or str(case.source), "failed",
                                       reason=f"the Ray worker died while processing this case: "
                                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                 ray.kill(actor, no_restart=True)
@@ -155,7 +156,7 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(workflow: Workflow, out: Path, fingerprint: str) -> LocalExecutor | RayExecutor:
+def make_executor(workflow: Workflow, context: RunContext) -> LocalExecutor | RayExecutor:
     """The executor `workflow.executor.kind` names."""
     kinds = {"local": LocalExecutor, "ray": RayExecutor}
-    return kinds[workflow.executor.kind](workflow, out, fingerprint)
+    return kinds[workflow.executor.kind](workflow, context)

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import traceback
+import uuid
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import ConfigError, MedsegError
-from medseg.workflow.cases import Case
+from medseg.errors import ConfigError, InputError, MedsegError, one_line_reason
+from medseg.workflow.cases import Case, relative_text
+from medseg.workflow.layout import has_marker, write_marker
 from medseg.workflow.schema import Workflow
 
-__all__ = ["CASE_FILE", "PARTIAL_DIR", "CaseModels", "CaseOutcome", "case_folder", "read_case", "run_case",
+__all__ = ["CASE_FILE", "PARTIAL_DIR", "CaseModels", "CaseOutcome", "RunContext", "read_case", "run_case",
            "write_json"]
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class CaseOutcome:
     flags: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    folder: str = ""
+    """The case folder, relative to the run folder."""
     fingerprint: str = ""
     """What produced the outputs (processing steps, series rules, model cards): a rerun redoes the case when it
     differs."""
@@ -86,12 +90,6 @@ class CaseModels:
             self._classifier = RadiographClassifier(step.model, device=self.device, batch_size=step.batch_size,
                                                     precision=step.precision)
         return self._classifier
-
-
-def case_folder(workflow: Workflow, case: Case) -> str:
-    values = {"case_id": case.case_id, "patient_id": case.patient_id or "unknown",
-              "study_uid": case.study_uid or "unknown", "series_uid": case.series_uid or "unknown"}
-    return workflow.output.layout.format(**values)
 
 
 def read_case(case: Case, workflow: Workflow, models: CaseModels) -> Any:
@@ -199,39 +197,81 @@ def _process_xray(case: Case, image: np.ndarray, workflow: Workflow, models: Cas
 
 
 def write_json(path: Path, payload: Any) -> None:
+    """Strict JSON (no bare NaN/Infinity), written atomically."""
     from medseg.io.atomic import atomic_path
+    from medseg.jsonable import dumps_json
 
+    text = dumps_json(payload)
     with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, default=str))
+        temporary.write_text(text)
 
 
-def run_case(case: Case, loaded: Future, workflow: Workflow, models: CaseModels, out: Path, fingerprint: str
-              ) -> CaseOutcome:
-    outcome = CaseOutcome(case.case_id, case.kind, str(case.source), "failed", notes=list(case.notes),
-                          fingerprint=fingerprint)
-    started = time.perf_counter()
-    final = out / case_folder(workflow, case)
-    work = out / PARTIAL_DIR / f"{final.name}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run writes: the output folder, this run's own work folder, the input root, and the fingerprint."""
+
+    out: Path
+    work_root: Path
+    """This run's folder under `.partial/` where cases are built before being renamed into place."""
+    fingerprint: str
+    input_root: str = ""
+    """Absolute input root; recorded paths and reasons are made relative to it."""
+
+
+def _is_medseg_case_folder(folder: Path) -> bool:
+    """A folder medseg wrote: it has the marker, or (older runs) a medseg case.json."""
+    if has_marker(folder):
+        return True
     try:
+        data = json.loads((folder / CASE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"case_id", "status", "fingerprint"} <= set(data)
+
+
+def _move_into_place(work: Path, final: Path) -> None:
+    """Rename the finished work folder to `final`; an earlier medseg case folder there is swapped out whole."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise InputError("the case folder path exists and is not a folder medseg wrote; not replaced", final)
+    if final.exists() and not _is_medseg_case_folder(final):
+        raise InputError("the case folder exists and was not written by medseg (no marker); not replaced: move "
+                         "it away or choose another output folder", final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = work.with_name(f"{work.name}.replaced")
+    if final.exists():   # a redone case: swap whole folders, never delete files in a visible one
+        os.replace(final, old)
+    os.replace(work, final)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_case(case: Case, loaded: Future, workflow: Workflow, models: CaseModels, context: RunContext) -> CaseOutcome:
+    """Process one case into `context.out / case.folder`; the outcome records what happened, never raises."""
+    root = Path(context.input_root) if context.input_root else None
+    outcome = CaseOutcome(case.case_id, case.kind, case.shown_source or str(case.source), "failed",
+                          notes=[relative_text(note, root) for note in case.notes], folder=case.folder,
+                          fingerprint=context.fingerprint)
+    started = time.perf_counter()
+    final = context.out / case.folder
+    work = context.work_root / f"case-{uuid.uuid4().hex[:12]}"
+    try:
+        work.mkdir(parents=True)
+        write_marker(work, case.case_id)
         image = loaded.result()
         outcome.timings["read"] = getattr(loaded, "medseg_seconds", 0.0)
         (_process_xray if case.kind == "xray" else _process_ct)(case, image, workflow, models, work, outcome)
+        outcome.seconds = round(time.perf_counter() - started, 3)
+        outcome.timings = {k: round(v, 3) for k, v in outcome.timings.items()}
         outcome.status = "done"
+        outcome.notes = [relative_text(note, root) for note in outcome.notes]
+        write_json(work / CASE_FILE, asdict(outcome))
+        _move_into_place(work, final)
     except Exception as exc:   # any failure stays with its case; the batch goes on
-        outcome.reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, MedsegError) else str(exc)
+        outcome.status = "failed"
+        outcome.reason = relative_text(one_line_reason(exc), root)
         log.debug("case %s failed:\n%s", case.case_id, traceback.format_exc())
     outcome.seconds = round(time.perf_counter() - started, 3)
     outcome.timings = {k: round(v, 3) for k, v in outcome.timings.items()}
-    if outcome.status == "done":
-        write_json(work / CASE_FILE, asdict(outcome))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        old = work.with_name(f"{work.name}.replaced")
-        if final.exists():   # a redone case: swap whole folders, never delete files in a visible one
-            os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+    if work.exists():
         shutil.rmtree(work, ignore_errors=True)
     return outcome

@@ -17,14 +17,18 @@ import os
 import platform
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medseg.workflow.cases import Case, CaseList, discover_cases
-from medseg.workflow.processing import CASE_FILE, PARTIAL_DIR, CaseOutcome, case_folder, write_json
+from medseg.errors import InputError
+from medseg.workflow.cases import Case, CaseList, discover_cases, relative_source, relative_text
+from medseg.workflow.layout import plan_case_folders
+from medseg.workflow.lock import LOCK_FILE, OutputLock
+from medseg.workflow.processing import CASE_FILE, PARTIAL_DIR, CaseOutcome, RunContext, write_json
 from medseg.workflow.schema import PREPARATION_STEPS, Workflow
 
 __all__ = ["RunSummary", "run_workflow"]
@@ -82,13 +86,18 @@ def _processing_fingerprint(workflow: Workflow) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _finished(folder: Path, fingerprint: str) -> CaseOutcome | None:
-    """The earlier outcome of a case folder when it is complete and was made the same way, else None."""
+def _finished(folder: Path, fingerprint: str, case: Case) -> CaseOutcome | None:
+    """The earlier outcome of a case folder when it is complete, is this case's, and was made the same way."""
+    if not folder.is_dir() or folder.is_symlink():
+        return None
     try:
         data = json.loads((folder / CASE_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("status") != "done":
+        return None
+    if data.get("case_id") != case.case_id or data.get("source") not in (case.shown_source, str(case.source)):
+        log.info("%s: holds another case (%s); redone", folder.name, data.get("source"))
         return None
     if data.get("fingerprint") != fingerprint:
         log.info("%s: made by other steps or models than this run's; redone", folder.name)
@@ -100,35 +109,106 @@ def _finished(folder: Path, fingerprint: str) -> CaseOutcome | None:
         return None
 
 
+RUN_MARKER = ".medseg-run"
+"""File in every run folder medseg created; a non-empty folder without it (or run.json) is not used."""
+
+
+def _claim_output(out: Path) -> None:
+    """Create the run folder, or accept an existing one that is empty or an earlier medseg run's."""
+    if out.exists() and not out.is_dir():
+        raise InputError("output.dir exists and is not a folder", out)
+    if out.is_dir() and not (out / RUN_MARKER).is_file() and not (out / RUN_FILE).is_file():
+        present = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+        if present:
+            shown = ", ".join(present[:3]) + (" ..." if len(present) > 3 else "")
+            raise InputError(f"output.dir is not empty and was not made by medseg run ({shown}); choose a new or "
+                             "empty folder", out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_MARKER).write_text("medseg run folder\n", encoding="utf-8")
+
+
+def _clear_partial(out: Path) -> None:
+    """Remove the work folders of interrupted runs (only under the lock, and only medseg's own folder)."""
+    partial = out / PARTIAL_DIR
+    if partial.is_symlink():
+        raise InputError(f"{PARTIAL_DIR} is a symbolic link; refusing to delete through it", out)
+    if partial.is_dir():
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _portable(value: Any, out: Path, root: Path | None) -> Any:
+    """Absolute paths in a recorded config made relative: `${output}/...`, `${input}/...`, else to the run."""
+    if isinstance(value, dict):
+        return {k: _portable(v, out, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, out, root) for v in value]
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    for placeholder, base in (("${output}", out), ("${input}", root)):
+        if base is not None:
+            relative = relative_source(value, base)
+            if relative != value:
+                return placeholder if relative == "." else f"{placeholder}/{relative}"
+    return Path(os.path.relpath(value, out.resolve())).as_posix()
+
+
 def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = True,
                  on_case: Callable[[CaseOutcome], None] | None = None) -> RunSummary:
-    """Run every case of `workflow`; see the module docstring for the guarantees."""
+    """Run every case of `workflow`; see the module docstring for the guarantees.
+
+    The output folder is locked for the whole run: a second run on it fails at once (`InputError`) naming the
+    holder.
+    """
+    out = Path(workflow.output.dir)
+    _claim_output(out)
+    with OutputLock(out):
+        return _run_locked(workflow, out, force=force, progress=progress, on_case=on_case)
+
+
+def _run_locked(workflow: Workflow, out: Path, *, force: bool, progress: bool,
+                on_case: Callable[[CaseOutcome], None] | None) -> RunSummary:
     from medseg.workflow.synthesize import run_synthesize_steps
     from medseg.workflow.training import run_training_steps
 
     started = time.perf_counter()
-    out = Path(workflow.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)   # work folders of an interrupted run
+    _clear_partial(out)   # work folders of an interrupted run (we hold the lock: nobody else is writing)
     run_synthesize_steps(workflow, progress=progress)
     run_training_steps(workflow, progress=progress)
+    inputs = workflow.inputs
     record: dict[str, Any] = {
         "medseg_run": 1, "workflow": workflow.name, "config_hash": _config_hash(workflow), "seed": workflow.seed,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
         "python": platform.python_version(), "packages": _package_versions(),
-        "workflow_config": workflow.model_dump(mode="json"), "cases": []}
+        "inputs": {"path": str(inputs.path) if inputs and inputs.path else None,
+                   "manifest": str(inputs.manifest) if inputs and inputs.manifest else None,
+                   "output": str(out.resolve()),
+                   "models": {step.kind: str(step.model) for step in workflow.steps if getattr(step, "model", None)}},
+        "cases": []}
     outcomes: list[CaseOutcome] = []
-    if workflow.inputs is None:
+    if inputs is None:
+        record["workflow_config"] = _portable(workflow.model_dump(mode="json"), out, None)
         write_json(out / RUN_FILE, record)
         return RunSummary(out, outcomes, time.perf_counter() - started)
 
-    found: CaseList = discover_cases(workflow.inputs)
-    outcomes.extend(CaseOutcome("", "", problem.source, "input_problem", problem.reason)
-                    for problem in found.problems)
+    found: CaseList = discover_cases(inputs)
+    root = found.root
+    record["workflow_config"] = _portable(workflow.model_dump(mode="json"), out, root)
+    outcomes.extend(CaseOutcome("", "", relative_source(problem.source, root), "input_problem",
+                                relative_text(problem.reason, root)) for problem in found.problems)
+    plan = plan_case_folders(((case.case_id, str(case.source), {
+        "case_id": case.case_id, "patient_id": case.patient_id, "study_uid": case.study_uid,
+        "series_uid": case.series_uid}) for case in found.cases), workflow.output.layout, out,
+        workflow.output.on_collision)
+    for line in plan.renamed:
+        log.warning("%s", line)
+    if plan.renamed:
+        record["renamed_case_folders"] = plan.renamed
     fingerprint = _processing_fingerprint(workflow)
     todo: list[Case] = []
     for case in found.cases:
-        previous = None if force else _finished(out / case_folder(workflow, case), fingerprint)
+        case.folder = plan.folders[case.case_id]
+        case.shown_source = relative_source(case.source, root)
+        previous = None if force else _finished(out / case.folder, fingerprint, case)
         if previous is not None:
             outcomes.append(previous)
         else:
@@ -145,7 +225,9 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     from medseg.progress import eta_progress
     from medseg.workflow.executors import make_executor
 
-    executor = make_executor(workflow, out, fingerprint) if todo else None
+    context = RunContext(out=out, work_root=out / PARTIAL_DIR / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                         fingerprint=fingerprint, input_root=str(os.path.abspath(root)) if root else "")
+    executor = make_executor(workflow, context) if todo else None
     try:
         with eta_progress(enabled=progress) as bar:
             task = bar.add_task(workflow.name, total=len(todo), info="")
@@ -158,9 +240,10 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     finally:
         if executor is not None:
             executor.close()
-    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+    _clear_partial(out)
+    sources = {case.case_id: str(case.source) for case in found.cases}
     if workflow.step("classify_cxr") is not None:
-        _batch_predictions(workflow, outcomes, out, record)
+        _batch_predictions(workflow, outcomes, out, record, sources)
         save()
     export = workflow.step("export")
     if export is not None and export.review_html:
@@ -172,7 +255,8 @@ def run_workflow(workflow: Workflow, *, force: bool = False, progress: bool = Tr
     return RunSummary(out, outcomes, time.perf_counter() - started)
 
 
-def _batch_predictions(workflow: Workflow, outcomes: list[CaseOutcome], out: Path, record: dict[str, Any]) -> None:
+def _batch_predictions(workflow: Workflow, outcomes: list[CaseOutcome], out: Path, record: dict[str, Any],
+                       sources: dict[str, str]) -> None:
     """predictions.csv for every classified radiograph (the `medseg classify` layout) and the AUC report."""
     import csv
 
@@ -187,7 +271,8 @@ def _batch_predictions(workflow: Workflow, outcomes: list[CaseOutcome], out: Pat
         writer = csv.writer(handle)
         writer.writerow(["image", *classes, *(f"{name}_call" for name in classes)])
         for o in rows:
-            image = o.case_id if workflow.inputs.manifest is None else _manifest_image(workflow, o)
+            image = o.case_id if workflow.inputs.manifest is None else _manifest_image(workflow, sources.get(
+                o.case_id, o.source))
             writer.writerow([image, *(o.summary["probabilities"][n] for n in classes),
                              *(o.summary["calls"][n] for n in classes)])
     record["predictions"] = path.name
@@ -199,8 +284,8 @@ def _batch_predictions(workflow: Workflow, outcomes: list[CaseOutcome], out: Pat
         labels = read_prediction_table(report.labels, "labels")
         preds = read_prediction_table(path, "predictions", classes=labels.classes)
         preds = replace(preds, images=_label_keys(Path(report.labels), labels.images,
-                                                  [(image, o.source) for image, o in zip(preds.images, rows,
-                                                                                         strict=True)]))
+                                                  [(image, sources.get(o.case_id, o.source))
+                                                   for image, o in zip(preds.images, rows, strict=True)]))
         result = evaluate_classification(labels, preds, operating_point=report.operating_point,
                                          n_resamples=report.resamples, seed=workflow.seed)
         write_report(result, out / "auc_report")
@@ -233,10 +318,10 @@ def _stem(path: str) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
 
 
-def _manifest_image(workflow: Workflow, outcome: CaseOutcome) -> str:
+def _manifest_image(workflow: Workflow, source: str) -> str:
     """The manifest's `image` entry of a case (what labels.csv uses), from its resolved source path."""
     base = Path(workflow.inputs.manifest).parent
     try:
-        return Path(outcome.source).relative_to(base).as_posix()
+        return Path(source).relative_to(base).as_posix()
     except ValueError:
-        return outcome.source
+        return source

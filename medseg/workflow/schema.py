@@ -22,7 +22,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from medseg.configfile import key_lines, read_mapping, validate_config
 from medseg.errors import ConfigError
+from medseg.workflow.layout import LAYOUT_FIELDS, check_layout
 
 __all__ = ["PREPARATION_STEPS", "STEP_KINDS", "Workflow", "load_workflow"]
 
-LAYOUT_FIELDS = ("case_id", "patient_id", "study_uid", "series_uid")
 
 
 class _Strict(BaseModel):
@@ -181,22 +180,17 @@ class Executor(_Strict):
 
 class Output(_Strict):
     dir: Path = Field(description="Run folder: one sub-folder per case, run.json, summary, review index.")
-    layout: str = Field("{case_id}", description=f"Case folder name from {', '.join(LAYOUT_FIELDS)}.")
+    layout: str = Field("{case_id}", description=f"Case folder name from {', '.join(LAYOUT_FIELDS)}, plain fields "
+                        "only; '/' makes folder levels, e.g. '{patient_id}/{study_uid}'. Values from data are "
+                        "made safe path components (a hash is appended when they had to be changed).")
+    on_collision: Literal["suffix", "error"] = Field(
+        "suffix", description="Two cases resolving to one folder: 'suffix' gives each a hash of its source "
+                              "(reported), 'error' refuses the run naming both.")
 
     @field_validator("layout")
     @classmethod
     def _layout_fields(cls, value: str) -> str:
-        try:
-            names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
-        except ValueError as exc:
-            raise ValueError(f"layout {value!r} is not a valid format string: {exc}") from None
-        unknown = [name for name in names if name not in LAYOUT_FIELDS]
-        if unknown:
-            raise ValueError(f"layout field(s) {unknown} unknown; use {', '.join(LAYOUT_FIELDS)}")
-        if not names:
-            raise ValueError("layout must contain at least one field, e.g. '{case_id}'")
-        if value.startswith("/") or ".." in Path(value).parts:
-            raise ValueError("layout must stay inside output.dir (no absolute path, no '..')")
+        check_layout(value)
         return value
 
 
