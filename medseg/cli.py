@@ -5,7 +5,6 @@ Heavy libraries (torch, MONAI) are imported only inside the commands that need t
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -55,14 +54,21 @@ _spacing_option = click.option("--uneven-spacing", type=click.Choice(["error", "
                                "to even spacing.")
 _modality_option = click.option("--modality", default="CT", show_default=True,
                                 help="Series modality to select ('any' to accept every modality).")
+_non_finite_option = click.option("--non-finite", type=click.Choice(["air", "error"]), default="air",
+                                  show_default=True, help="NaN/inf voxels: replace by air (-1024 HU, noted and "
+                                  "warned), or refuse the image.")
+_max_voxels_option = click.option("--max-voxels", type=click.IntRange(min=1), default=1024**3, show_default=True,
+                                  help="Largest image to read, checked from the header before any pixel is read.")
 
 
-def _rules_and_options(modality: str, gantry_tilt: str, uneven_spacing: str):
+def _rules_and_options(modality: str, gantry_tilt: str, uneven_spacing: str, non_finite: str = "air",
+                       max_voxels: int = 1024**3):
     from medseg.io import ReadOptions, SelectionRules
 
     modalities = None if modality.lower() == "any" else tuple(m.strip().upper() for m in modality.split(","))
     return SelectionRules(modalities=modalities), ReadOptions(on_gantry_tilt=gantry_tilt,
-                                                              on_uneven_spacing=uneven_spacing)
+                                                              on_uneven_spacing=uneven_spacing,
+                                                              on_non_finite=non_finite, max_voxels=max_voxels)
 
 
 @main.command()
@@ -72,12 +78,14 @@ def _rules_and_options(modality: str, gantry_tilt: str, uneven_spacing: str):
 @_modality_option
 @_tilt_option
 @_spacing_option
+@_non_finite_option
+@_max_voxels_option
 def convert(input_path: Path, output: Path, label: bool, modality: str, gantry_tilt: str,
-            uneven_spacing: str) -> None:
+            uneven_spacing: str, non_finite: str, max_voxels: int) -> None:
     """Convert a DICOM folder/file or a NIfTI/NRRD/MHA volume to NIfTI (exact geometry)."""
     from medseg.io import load_volume, write_nifti
 
-    rules, options = _rules_and_options(modality, gantry_tilt, uneven_spacing)
+    rules, options = _rules_and_options(modality, gantry_tilt, uneven_spacing, non_finite, max_voxels)
     started = time.perf_counter()
     volume = load_volume(input_path, rules=rules, options=options)
     write_nifti(volume, output, label=label)
@@ -92,17 +100,22 @@ def convert(input_path: Path, output: Path, label: bool, modality: str, gantry_t
 @_modality_option
 @_tilt_option
 @_spacing_option
-def info(input_path: Path, as_json: bool, modality: str, gantry_tilt: str, uneven_spacing: str) -> None:
+@_non_finite_option
+@_max_voxels_option
+def info(input_path: Path, as_json: bool, modality: str, gantry_tilt: str, uneven_spacing: str, non_finite: str,
+         max_voxels: int) -> None:
     """Show the series found, which one is selected and why, its geometry, HU range and warnings."""
     from medseg.info import describe_input, print_report
+    from medseg.jsonable import dumps_json
 
-    rules, options = _rules_and_options(modality, gantry_tilt, uneven_spacing)
+    rules, options = _rules_and_options(modality, gantry_tilt, uneven_spacing, non_finite, max_voxels)
     report = describe_input(input_path, rules=rules, options=options)
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=str))
+        click.echo(dumps_json(report))
     else:
         print_report(report)
     if report.get("error"):
+        click.echo(f"medseg: error: {report['error']}", err=True)
         sys.exit(2)
 
 

@@ -38,7 +38,7 @@ def describe_input(path: str | os.PathLike[str], *, rules: SelectionRules | None
     try:
         if path.is_file() and is_volume_file(path):
             report["kind"] = "volume file"
-            volume = load_volume(path)
+            volume = load_volume(path, options=options)
         else:
             report["kind"] = "dicom"
             study = scan_dicom(path, rules)

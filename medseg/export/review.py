@@ -68,6 +68,7 @@ FLAG_HELP: dict[str, str] = {
     "volume_out_of_range": "a volume or share is outside the plausible range",
     "touches_fov_edge": "the lung touches the edge of the field of view: partial coverage",
     "fragmented": "a structure is split into separate parts",
+    "non_finite_voxels": "NaN/inf voxels in the image were replaced by air: volumes and densities are unreliable",
     "empty_mask": "no lung was found",
     "not_hu": "the image is not CT in Hounsfield units",
     "unexpected_label": "a label outside the label map",

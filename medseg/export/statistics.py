@@ -7,8 +7,9 @@ left lung (LUL+LLL) and both lungs ("total") follow the lobes.
 
 QC flags (`Flag.code`): `missing_lobe`, `volume_out_of_range` (ranges in `configs/qc/lobes.yaml`),
 `touches_fov_edge` (partial coverage: the volume is a lower bound), `fragmented`, `empty_mask` (no lung at all:
-statistics are NaN), `not_hu` (the image is not CT in Hounsfield units: HU statistics are NaN) and
-`unexpected_label` (a label outside the label map: reported, left out of the lung totals).
+statistics are NaN), `not_hu` (the image is not CT in Hounsfield units: HU statistics are NaN),
+`unexpected_label` (a label outside the label map: reported, left out of the lung totals) and `non_finite_voxels`
+(NaN/inf voxels of the image were replaced by air when it was loaded: volumes and densities may be off).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from medseg.configfile import load_config
 from medseg.errors import InputError
 from medseg.export.overlay import LOBE_COLOURS
 from medseg.io.atomic import write_atomically
-from medseg.io.volume import Volume
+from medseg.io.volume import NON_FINITE_NOTE, Volume
 
 __all__ = [
     "CSV_COLUMNS",
@@ -403,6 +404,10 @@ def lobe_statistics(volume: Volume, labels: np.ndarray, label_map: Mapping[int, 
     if hu_problem:
         case_flags.append(Flag("not_hu", None, f"the image is not CT in HU ({hu_problem}): HU statistics not "
                                                "reported"))
+    replaced = [note for note in volume.notes if NON_FINITE_NOTE in note]
+    if replaced:
+        case_flags.append(Flag("non_finite_voxels", None, f"{replaced[0]} when the image was loaded: volumes and "
+                                                          "densities near them may be wrong"))
     for row in rows:
         row.flags = [flag.code for flag in flags if flag.label == row.name] + [flag.code for flag in case_flags]
     flags += case_flags

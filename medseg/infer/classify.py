@@ -153,10 +153,12 @@ class RadiographClassifier:
             log.info("tracing the classifier failed (%s); running it eagerly", exc)
 
     def prepare(self, path: str | os.PathLike[str]) -> np.ndarray:
-        """`(1, H, W)` float32 model input for one file."""
+        """`(1, H, W)` float32 model input for one file; refuses images no classifier can read (too small,
+        extreme aspect ratio, no contrast: `medseg.io.xray.check_usable`) instead of calling them."""
+        from medseg.io.xray import read_radiograph
         from medseg.transforms.chains import prepare_radiograph
 
-        return prepare_radiograph(path, self.chain)
+        return prepare_radiograph(read_radiograph(path, usable=True), self.chain)
 
     @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:

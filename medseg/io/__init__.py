@@ -4,7 +4,7 @@ from medseg.io.dicom_discovery import Discovery, Series, SliceHeader, discover_d
 from medseg.io.dicom_series import ReadOptions, read_series
 from medseg.io.loader import DicomStudy, load_volume, require_ct, scan_dicom
 from medseg.io.series_selection import Selection, SelectionRules, select_series
-from medseg.io.volume import AIR_HU, Volume, lps_to_ras
+from medseg.io.volume import AIR_HU, Volume, check_affine, lps_to_ras
 from medseg.io.volume_files import read_itk_image, read_nifti, write_nifti
 from medseg.io.xray import Radiograph, is_radiograph_file, read_radiograph
 
@@ -19,6 +19,7 @@ __all__ = [
     "Series",
     "SliceHeader",
     "Volume",
+    "check_affine",
     "discover_dicom",
     "group_series",
     "is_radiograph_file",

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
-from medseg.errors import InputError
+from medseg.errors import DicomError, InputError
 from medseg.io.dicom_pixels import locate_native_pixels
 
 __all__ = ["Discovery", "Series", "SliceHeader", "discover_dicom", "group_series", "read_header"]
@@ -38,15 +38,36 @@ class SliceHeader:
     def get(self, keyword: str, default: Any = None) -> Any:
         return self.dataset.get(keyword, default)
 
+    def _vector(self, keyword: str, size: int) -> np.ndarray | None:
+        try:
+            value = self.get(keyword)
+            vector = np.array(value, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return None
+        return vector if value is not None and vector.size == size else None
+
     @property
     def orientation(self) -> np.ndarray | None:
-        value = self.get("ImageOrientationPatient")
-        return None if value is None or len(value) != 6 else np.array(value, dtype=np.float64)
+        """ImageOrientationPatient as 6 numbers (None when missing or not numeric; may hold NaN/inf)."""
+        return self._vector("ImageOrientationPatient", 6)
 
     @property
     def position(self) -> np.ndarray | None:
-        value = self.get("ImagePositionPatient")
-        return None if value is None or len(value) != 3 else np.array(value, dtype=np.float64)
+        """ImagePositionPatient as 3 numbers (None when missing or not numeric; may hold NaN/inf)."""
+        return self._vector("ImagePositionPatient", 3)
+
+    def placement(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ImageOrientationPatient, ImagePositionPatient), finite; `DicomError` naming the tag otherwise."""
+        result = []
+        for keyword, vector, size in (("ImageOrientationPatient", self.orientation, 6),
+                                      ("ImagePositionPatient", self.position, 3)):
+            if keyword not in self.dataset:
+                raise DicomError(f"{keyword} missing: cannot place the slice", self.path)
+            if vector is None or not np.isfinite(vector).all():
+                raise DicomError(f"invalid {keyword} {_raw_text(self.dataset, keyword)}: expected {size} finite "
+                                 "numbers; cannot place the slice", self.path)
+            result.append(vector)
+        return result[0], result[1]
 
     @property
     def matrix(self) -> tuple[int, int]:
@@ -144,8 +165,18 @@ def read_header(path: str | os.PathLike[str]) -> tuple[Dataset, int | None]:
         with open(path, "rb") as handle:
             ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
             return ds, locate_native_pixels(handle, ds)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"not a readable DICOM file ({exc})", path) from exc
+    except Exception as exc:   # pydicom raises many types on damaged headers (BytesLengthException, unknown VRs ...)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"not a readable DICOM file ({detail})", path) from exc
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str:
+    """A tag's value as text for a message, even when pydicom cannot convert it."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # pydicom cannot convert the raw value: show its bytes
+        value = ds.get_item(keyword).value
+    return (str([str(v) for v in value]) if isinstance(value, MultiValue) else repr(value))[:120]
 
 
 def _is_image(ds: Dataset) -> bool:
@@ -201,7 +232,9 @@ def _series_uid(header: SliceHeader) -> str:
 
 def _layout_key(header: SliceHeader) -> tuple[Any, ...]:
     iop = header.orientation
-    rounded = tuple(np.round(iop, 3)) if iop is not None else None
+    if iop is not None and not np.isfinite(iop).all():  # NaN != NaN: group such slices by the tag's text
+        return (_raw_text(header.dataset, "ImageOrientationPatient"), header.matrix)
+    rounded = tuple(float(v) for v in np.round(iop, 3)) if iop is not None else None
     return (rounded, header.matrix)
 
 

@@ -44,7 +44,7 @@ def locate_native_pixels(handle: BinaryIO, ds: Dataset) -> int | None:
         length, offset = struct.unpack("<I", head[8:12])[0], start + 12
     else:
         length, offset = struct.unpack("<I", head[4:8])[0], start + 8
-    if length != int(ds.Rows) * int(ds.Columns) * bits // 8:
+    if length != int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * bits // 8:
         return None
     return offset
 
@@ -53,6 +53,8 @@ def _native_pixels(path: str, ds: Dataset, offset: int) -> np.ndarray:
     rows, cols = int(ds.Rows), int(ds.Columns)
     allocated = int(ds.BitsAllocated)
     stored = int(ds.get("BitsStored", allocated) or allocated)
+    if not 1 <= stored <= allocated:
+        raise DicomError(f"invalid BitsStored {stored}: must be 1 to BitsAllocated ({allocated})", path)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
     pixels = np.fromfile(path, dtype=dtype, count=rows * cols, offset=offset)

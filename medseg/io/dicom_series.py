@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +21,14 @@ from medseg.io.slice_geometry import (
     resample_tilted_to_orthogonal,
     resample_to_uniform_spacing,
 )
-from medseg.io.volume import AIR_HU, Volume, lps_to_ras
+from medseg.io.volume import (
+    AIR_HU,
+    Volume,
+    check_affine,
+    check_voxel_budget,
+    lps_to_ras,
+    replace_non_finite,
+)
 
 __all__ = ["ReadOptions", "read_series"]
 
@@ -41,23 +49,54 @@ class ReadOptions:
     on_uneven_spacing: Literal["error", "resample"] = "error"
     spacing_tolerance: float = 0.01
     """Relative deviation from the median slice gap tolerated before slices count as uneven."""
+    on_non_finite: Literal["air", "error"] = "air"
+    """NaN/inf voxels (float NIfTI/NRRD/MHA or DICOM float data): replaced by air (`AIR_HU`, counted in
+    `Volume.notes` and logged), or refused with `InputError`."""
+    max_voxels: int = 1024**3
+    """Largest image read, checked from the header before any pixel is read (a lying header cannot make
+    medseg allocate more)."""
 
 
 def _number(header: SliceHeader, keyword: str, default: float) -> float:
-    value = header.get(keyword)
+    """A finite number from a numeric tag, `default` when absent or empty; `DicomError` naming the tag."""
     try:
-        return float(value) if value not in (None, "") else default
-    except (TypeError, ValueError) as exc:
-        raise DicomError(f"invalid {keyword} value {value!r}", header.path) from exc
+        value = header.get(keyword)
+        number = float(value) if value not in (None, "") else default
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DicomError(f"invalid {keyword} value {header.dataset.get(keyword, '?')!r}: not a number",
+                         header.path) from exc
+    if not math.isfinite(number):
+        raise DicomError(f"invalid {keyword} value {value!r}: not a finite number", header.path)
+    return number
+
+
+def _positive(header: SliceHeader, keyword: str, default: float) -> float:
+    """`_number`, with zero or negative values (meaningless for a size) replaced by `default`."""
+    number = _number(header, keyword, default)
+    return number if number > 0 else default
+
+
+def _rescale(header: SliceHeader) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), finite, slope non-zero; `DicomError` naming the file otherwise."""
+    slope = _number(header, "RescaleSlope", 1.0)
+    if slope == 0:
+        raise DicomError(f"invalid RescaleSlope value {header.get('RescaleSlope')!r}: a zero slope maps every "
+                         "pixel to the intercept", header.path)
+    return slope, _number(header, "RescaleIntercept", 0.0)
 
 
 def _pixel_spacing(header: SliceHeader) -> tuple[float, float]:
-    value = header.get("PixelSpacing") or header.get("ImagerPixelSpacing")
-    if value is None or len(value) != 2:
+    keyword = "PixelSpacing" if header.get("PixelSpacing") else "ImagerPixelSpacing"
+    value = header.get(keyword)
+    if value is None or value == "":
         raise DicomError("PixelSpacing missing: cannot place the image in space", header.path)
-    dy, dx = float(value[0]), float(value[1])
-    if dy <= 0 or dx <= 0:
-        raise DicomError(f"invalid PixelSpacing {list(value)}", header.path)
+    try:
+        dy, dx = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise DicomError(f"invalid {keyword} {value!r}: expected two numbers", header.path) from exc
+    if not (math.isfinite(dy) and math.isfinite(dx) and dy > 0 and dx > 0):
+        raise DicomError(f"invalid {keyword} {[str(v) for v in value]}: spacings must be positive and finite",
+                         header.path)
     return dy, dx
 
 
@@ -68,22 +107,32 @@ def _check_layout(series: Series) -> None:
             raise GeometryError(
                 f"mixed matrix sizes in one series: {first.matrix} ({os.path.basename(first.path)}) vs "
                 f"{header.matrix}", header.path)
-        if int(header.get("NumberOfFrames", 1) or 1) > 1:
+        if _number(header, "NumberOfFrames", 1) > 1:
             raise DicomError("multi-frame (enhanced) images are not supported yet; export as single frames",
                              header.path)
-        if header.position is None or header.orientation is None:
-            raise DicomError("ImagePositionPatient/ImageOrientationPatient missing: cannot place the slice",
-                             header.path)
+        header.placement()
         if not np.allclose(header.orientation, first.orientation, atol=1e-3):
             raise GeometryError("slices with different ImageOrientationPatient in one series", header.path)
+
+
+def _integer(header: SliceHeader, keyword: str) -> int:
+    try:
+        value = header.get(keyword)
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(number)
+        return int(number)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DicomError(f"invalid {keyword} value {header.dataset.get(keyword, '?')!r}: not an integer",
+                         header.path) from exc
 
 
 def _padding_mask(header: SliceHeader, pixels: np.ndarray, slope: float, intercept: float) -> np.ndarray | None:
     """Voxels holding PixelPaddingValue (or, when padding is declared below air, anything below air)."""
     if "PixelPaddingValue" not in header.dataset:
         return None
-    low = int(header.get("PixelPaddingValue"))
-    high = int(header.get("PixelPaddingRangeLimit", low))
+    low = _integer(header, "PixelPaddingValue")
+    high = _integer(header, "PixelPaddingRangeLimit") if "PixelPaddingRangeLimit" in header.dataset else low
     low, high = min(low, high), max(low, high)
     if slope > 0 and high * slope + intercept < AIR_HU:
         # Padding declared below air: lossy codecs perturb it, so every stored value below air is padding.
@@ -102,8 +151,7 @@ def _decode_stack(ordered: list[SliceHeader]) -> np.ndarray:
     buffer = np.empty((len(ordered), *ordered[0].matrix), dtype=np.int16)
     for index, header in enumerate(ordered):
         pixels = read_stored_pixels(header.path, header.dataset, header.native_pixel_offset)
-        slope = _number(header, "RescaleSlope", 1.0) or 1.0
-        intercept = _number(header, "RescaleIntercept", 0.0)
+        slope, intercept = _rescale(header)
         integral = slope == 1.0 and intercept.is_integer()
         if buffer.dtype == np.int16 and integral:
             low, high = int(pixels.min()) + int(intercept), int(pixels.max()) + int(intercept)
@@ -129,14 +177,20 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
     """
     options = options or ReadOptions()
     source = series.folder
-    _check_layout(series)
     first = series.first
+    rows, cols = first.matrix
+    check_voxel_budget((cols, rows, len(series.slices)), np.int16, options.max_voxels, source)
+    _check_layout(series)
     notes = list(series.notes)
+    negative = [h for h in series.slices if _rescale(h)[0] < 0]
+    if negative:
+        notes.append(f"negative RescaleSlope {negative[0].get('RescaleSlope')} in {len(negative)} slice(s) "
+                     f"(first {os.path.basename(negative[0].path)}): intensities inverted by the rescale")
     geometry = analyse_stack(
         first.orientation,
         np.stack([h.position for h in series.slices]),
         _pixel_spacing(first),
-        _number(first, "SpacingBetweenSlices", _number(first, "SliceThickness", 1.0)) or 1.0,
+        _positive(first, "SpacingBetweenSlices", _positive(first, "SliceThickness", 1.0)),
         source=source,
         labels=[os.path.basename(h.path) for h in series.slices],
     )
@@ -150,11 +204,14 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
 
     ordered = [series.slices[i] for i in geometry.order]
     array = _decode_stack(ordered)
+    array, replaced = replace_non_finite(array, options.on_non_finite, source)
+    if replaced:
+        notes.append(replaced)
 
     if spacing_problem:
         array, geometry = resample_to_uniform_spacing(array, geometry)
         notes.append(f"{spacing_problem}; resampled to {len(geometry.offsets)} evenly spaced slices")
-    affine_lps = geometry.affine_lps()
+    affine_lps = check_affine(geometry.affine_lps(), source)
     if tilted:
         array, affine_lps = resample_tilted_to_orthogonal(array, affine_lps, fill=AIR_HU)
         notes.append(f"gantry tilt {geometry.tilt_deg:.2f} deg corrected: resampled to an orthogonal grid")

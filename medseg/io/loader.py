@@ -33,6 +33,9 @@ def scan_dicom(path: str | os.PathLike[str], rules: SelectionRules | None = None
     discovery = discover_dicom(path)
     if not discovery.headers:
         detail = f"{discovery.skipped_non_dicom} non-DICOM file(s) skipped"
+        if discovery.skipped_non_image:
+            detail += f", {discovery.skipped_non_image} DICOM file(s) without an image (no Rows/Columns or not " \
+                      "an image object)"
         if discovery.unreadable:
             detail += f", {len(discovery.unreadable)} unreadable ({discovery.unreadable[0][1]})"
         raise InputError(f"no DICOM images found ({detail})", path)
@@ -51,9 +54,9 @@ def load_volume(
         raise InputError("no such file or folder", path)
     name = path.name.lower()
     if path.is_file() and name.endswith(NIFTI_SUFFIXES):
-        return read_nifti(path)
+        return read_nifti(path, options)
     if path.is_file() and name.endswith(ITK_SUFFIXES):
-        return read_itk_image(path)
+        return read_itk_image(path, options)
     study = scan_dicom(path, rules)
     volume = read_series(study.selection.chosen, options)
     volume.source = str(path)

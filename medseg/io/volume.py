@@ -3,17 +3,90 @@
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["AIR_HU", "Volume", "lps_to_ras"]
+from medseg.errors import GeometryError, InputError
+
+__all__ = ["AIR_HU", "NON_FINITE_NOTE", "Volume", "check_affine", "check_voxel_budget", "lps_to_ras",
+           "replace_non_finite"]
 
 AIR_HU = -1024
 """Value given to padding voxels and to voxels outside the scanned field after resampling."""
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+NON_FINITE_NOTE = "non-finite voxels (NaN/inf) replaced by air"
+"""Text in `Volume.notes` (after the count) when `replace_non_finite` replaced voxels; QC looks for it."""
+
+
+def check_affine(affine: np.ndarray, source: Any = None) -> np.ndarray:
+    """`affine` as a float64 4x4 array, or `GeometryError` when it is not finite or its 3x3 part is singular
+    (a zero spacing, a zero or repeated direction): such an image cannot be placed in space."""
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        raise GeometryError(f"affine must be 4x4, got shape {matrix.shape}", source)
+    if not np.isfinite(matrix).all():
+        raise GeometryError(f"affine is not finite {np.round(matrix[:3], 6).tolist()}: cannot place the image in "
+                            "space", source)
+    linear = matrix[:3, :3]
+    norms = np.linalg.norm(linear, axis=0)
+    # |det| / product of column lengths is 1 for orthogonal axes and 0 for parallel or zero ones.
+    if norms.min() <= 1e-9 or abs(np.linalg.det(linear)) / float(np.prod(norms)) < 1e-6:
+        raise GeometryError(f"affine is singular (voxel sizes {np.round(norms, 6).tolist()} mm, axes "
+                            f"{np.round(linear, 6).tolist()}): cannot place the image in space", source)
+    return matrix
+
+
+def _si(value: float, unit: str, *, space: str = "") -> str:
+    """`85.9 G voxels` (space=" ") or `172 GB`."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.3g} {prefix}{space}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def check_voxel_budget(shape: Sequence[int], dtype: Any, max_voxels: int, source: Any = None, *,
+                       option: str = "ReadOptions.max_voxels / --max-voxels") -> int:
+    """Number of voxels of an image of `shape` (from its header), or `InputError` when a dimension is not
+    positive or the image exceeds `max_voxels`: checked before any pixel is read or memory allocated."""
+    dims = [int(n) for n in shape]
+    text = "x".join(str(n) for n in dims)
+    if not dims or min(dims) <= 0:
+        raise InputError(f"image of {text or 'no'} voxels: a dimension is zero or negative (empty image)", source)
+    count = math.prod(dims)
+    if count > max_voxels:
+        itemsize = np.dtype(dtype).itemsize
+        raise InputError(f"image of {text} voxels ({_si(count, 'voxels', space=' ')}, {_si(count * itemsize, 'B')} "
+                         f"as {np.dtype(dtype).name}) exceeds the voxel budget of "
+                         f"{_si(max_voxels, 'voxels', space=' ')} "
+                         f"({option})", source)
+    return count
+
+
+def replace_non_finite(array: np.ndarray, policy: Literal["air", "error"], source: Any = None
+                       ) -> tuple[np.ndarray, str | None]:
+    """`array` with NaN/inf voxels replaced by `AIR_HU` (policy "air": returns the note to record) or
+    `InputError` naming their count (policy "error"). Integer arrays are returned unchanged; the caller
+    logs the note and adds it to `Volume.notes`."""
+    if array.dtype.kind not in "fc":
+        return array, None
+    finite = np.isfinite(array)
+    if finite.all():
+        return array, None
+    count = int(finite.size - np.count_nonzero(finite))
+    if policy == "error":
+        raise InputError(f"{count} non-finite voxel(s) (NaN/inf) in the image (use the 'air' non-finite "
+                         "option to replace them by air)", source)
+    if not array.flags.writeable:
+        array = array.copy()
+    array[~finite] = AIR_HU
+    return array, f"{count} {NON_FINITE_NOTE} ({AIR_HU} HU)"
 
 
 def lps_to_ras(matrix: np.ndarray) -> np.ndarray:

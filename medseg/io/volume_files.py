@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from pathlib import Path
 
@@ -9,12 +11,23 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
-from medseg.io.volume import Volume, lps_to_ras
+from medseg.io.dicom_series import ReadOptions
+from medseg.io.volume import Volume, check_affine, check_voxel_budget, lps_to_ras, replace_non_finite
 
 __all__ = ["ITK_SUFFIXES", "NIFTI_SUFFIXES", "is_volume_file", "read_itk_image", "read_nifti", "write_nifti"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+log = logging.getLogger(__name__)
+
+_SITK_DTYPES = {
+    "8-bit unsigned integer": np.uint8, "8-bit signed integer": np.int8, "16-bit unsigned integer": np.uint16,
+    "16-bit signed integer": np.int16, "32-bit unsigned integer": np.uint32, "32-bit signed integer": np.int32,
+    "64-bit unsigned integer": np.uint64, "64-bit signed integer": np.int64, "32-bit float": np.float32,
+    "64-bit float": np.float64,
+}
+"""numpy type of a SimpleITK pixel type (by its name), for the header-only size checks."""
 
 
 def is_volume_file(path: str | os.PathLike[str]) -> bool:
@@ -32,36 +45,136 @@ def _squeeze_to_3d(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def read_nifti(path: str | os.PathLike[str]) -> Volume:
-    """Read a NIfTI file with nibabel; the affine is the one nibabel chooses (sform, else qform)."""
+def _reason(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _check_header(shape: tuple[int, ...], dtype: np.dtype, options: ReadOptions, path: Path) -> int:
+    """Refuse, from the header alone, images that are not 3D, empty or over the voxel budget; their size in bytes."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) > 3:
+        raise InputError(f"expected a 3D volume, header says {'x'.join(map(str, shape))} voxels", path)
+    check_voxel_budget(shape, dtype, options.max_voxels, path)
+    return math.prod(shape) * dtype.itemsize
+
+
+def _check_data_size(data_file: Path, offset: int, nbytes: int, path: Path) -> None:
+    """Refuse a header that promises more voxel data than the file holds (before allocating for it)."""
+    available = data_file.stat().st_size - offset
+    if available < nbytes:
+        raise InputError(f"truncated: header promises {nbytes} bytes of voxel data, file holds {max(available, 0)}",
+                         path)
+
+
+def _finish(array: np.ndarray, affine: np.ndarray, path: Path, options: ReadOptions) -> Volume:
+    array, note = replace_non_finite(_squeeze_to_3d(array, path), options.on_non_finite, path)
+    if note:
+        log.warning("%s: %s", path, note)
+    return Volume(array=array, affine=affine, source=str(path), notes=[note] if note else [])
+
+
+def read_nifti(path: str | os.PathLike[str], options: ReadOptions | None = None) -> Volume:
+    """Read a NIfTI file with nibabel; the affine is the one nibabel chooses (sform, else qform).
+
+    Shape, budget (`options.max_voxels`), file size and affine are checked from the header before any voxel
+    is read; NaN/inf voxels are handled by `options.on_non_finite`.
+    """
     import nibabel as nib
 
+    options = options or ReadOptions()
     path = Path(path)
     try:
         image = nib.load(path)
-        array = np.asanyarray(image.dataobj)
+        shape = tuple(int(n) for n in image.header.get_data_shape())
+        dtype = np.dtype(image.header.get_data_dtype())
+        offset = int(getattr(image.dataobj, "offset", image.header.get_data_offset()))
+        affine = image.affine
     except FileNotFoundError as exc:
         raise InputError("no such file", path) from exc
     except Exception as exc:
-        raise InputError(f"not a readable NIfTI file ({exc})", path) from exc
-    return Volume(array=_squeeze_to_3d(array, path), affine=image.affine, source=str(path))
+        raise InputError(f"not a readable NIfTI file ({_reason(exc)})", path) from exc
+    nbytes = _check_header(shape, dtype, options, path)
+    if not str(path).lower().endswith(".gz"):
+        _check_data_size(path, offset, nbytes, path)
+    affine = check_affine(affine, path)
+    try:
+        array = np.asanyarray(image.dataobj)
+    except Exception as exc:
+        raise InputError(f"not a readable NIfTI file ({_reason(exc)})", path) from exc
+    return _finish(array, affine, path, options)
 
 
-def read_itk_image(path: str | os.PathLike[str]) -> Volume:
-    """Read NRRD / MHA / MHD with SimpleITK, converting its LPS geometry to a RAS affine."""
+def _itk_raw_data(path: Path) -> tuple[Path, int] | None:
+    """(file, offset) of uncompressed MetaImage / NRRD voxel data; None when compressed or not simple."""
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16)
+    fields: dict[bytes, bytes] = {}
+    offset = 0
+    if path.suffix.lower() in (".mha", ".mhd"):
+        for line in head.splitlines(keepends=True):
+            key, _, value = line.partition(b"=")
+            offset += len(line)
+            fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == b"elementdatafile":
+                break
+        if fields.get(b"compresseddata", b"false").lower() == b"true":
+            return None
+        data_file = fields.get(b"elementdatafile", b"")
+    else:
+        end = head.find(b"\n\n")
+        if end < 0:
+            return None
+        offset = end + 2
+        for line in head[:end].splitlines():
+            key, _, value = line.partition(b":")
+            fields[key.strip().lower()] = value.strip().lstrip(b"=").strip()
+        if fields.get(b"encoding", b"").lower() != b"raw" or b"line skip" in fields or b"byte skip" in fields:
+            return None
+        data_file = fields.get(b"data file") or fields.get(b"datafile") or b"LOCAL"
+    if data_file.upper() == b"LOCAL":
+        return path, offset
+    if not data_file or data_file.upper().startswith(b"LIST") or b" " in data_file or b"%" in data_file:
+        return None
+    return path.parent / data_file.decode(errors="replace"), 0
+
+
+def read_itk_image(path: str | os.PathLike[str], options: ReadOptions | None = None) -> Volume:
+    """Read NRRD / MHA / MHD with SimpleITK, converting its LPS geometry to a RAS affine.
+
+    Shape, budget, file size and geometry come from `ReadImageInformation` and are checked before the voxels
+    are read; NaN/inf voxels are handled by `options.on_non_finite`.
+    """
     import SimpleITK as sitk
 
+    options = options or ReadOptions()
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(f"not a readable image file ({str(exc).strip().splitlines()[-1]})", path) from exc
-    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"not a readable image file ({_reason(exc)})", path) from exc
+    if reader.GetNumberOfComponents() != 1:
         raise InputError("multi-component (vector/RGB) volumes are not supported", path)
-    return Volume(array=_squeeze_to_3d(sitk_array_ijk(image), path), affine=sitk_affine_ras(image),
-                  source=str(path))
+    dtype = np.dtype(_SITK_DTYPES.get(sitk.GetPixelIDValueAsString(reader.GetPixelID()), np.float64))
+    nbytes = _check_header(tuple(reader.GetSize()), dtype, options, path)
+    raw = _itk_raw_data(path)
+    if raw is not None:
+        if not raw[0].is_file():
+            raise InputError(f"voxel data file {raw[0].name} not found", path)
+        _check_data_size(raw[0], raw[1], nbytes, path)
+    affine = check_affine(_affine_ras(reader.GetDimension(), reader.GetDirection(), reader.GetSpacing(),
+                                      reader.GetOrigin()), path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"not a readable image file ({_reason(exc)})", path) from exc
+    return _finish(sitk_array_ijk(image), affine, path, options)
 
 
 def sitk_array_ijk(image) -> np.ndarray:
@@ -74,13 +187,18 @@ def sitk_array_ijk(image) -> np.ndarray:
 
 def sitk_affine_ras(image) -> np.ndarray:
     """The RAS voxel-to-world affine of a SimpleITK image (padded to 3D)."""
-    dim = image.GetDimension()
+    return _affine_ras(image.GetDimension(), image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+
+
+def _affine_ras(dim: int, direction_values, spacing_values, origin_values) -> np.ndarray:
+    dim = min(dim, 3)  # a 4D image with a single volume: its first three axes
     direction = np.eye(3)
-    direction[:dim, :dim] = np.array(image.GetDirection()).reshape(dim, dim)
+    side = math.isqrt(len(direction_values))
+    direction[:dim, :dim] = np.array(direction_values, dtype=np.float64).reshape(side, side)[:dim, :dim]
     spacing = np.ones(3)
-    spacing[:dim] = image.GetSpacing()
+    spacing[:dim] = spacing_values[:dim]
     origin = np.zeros(3)
-    origin[:dim] = image.GetOrigin()
+    origin[:dim] = origin_values[:dim]
     affine = np.eye(4)
     affine[:3, :3] = direction * spacing
     affine[:3, 3] = origin

@@ -24,10 +24,29 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing
 from medseg.errors import DicomError, InputError
 from medseg.io.dicom_tags import plain_tag_value
 
-__all__ = ["RADIOGRAPH_MODALITIES", "Radiograph", "is_radiograph_file", "read_radiograph"]
+__all__ = [
+    "MAX_ASPECT",
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "RADIOGRAPH_MODALITIES",
+    "Radiograph",
+    "check_usable",
+    "is_radiograph_file",
+    "read_radiograph",
+]
 
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG"})
 """DICOM modalities accepted as projection radiographs without comment."""
+
+MAX_PIXELS = 200_000_000
+"""Default pixel budget of `read_radiograph`, checked from the header before pixels are decoded (the largest
+detectors give about 20 M pixels). PNG/JPEG above Pillow's own decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`
+x 2, about 179 M) are refused by Pillow first, with the same kind of message."""
+MIN_SIDE = 64
+"""`check_usable`: fewest pixels on a side (the NIH 64 px cohort is the smallest real input)."""
+MAX_ASPECT = 4.0
+"""`check_usable`: largest ratio of the long side to the short side."""
+_MIN_GREY_LEVELS = 8
 
 _REFUSED_MODALITIES = frozenset({"CT", "MR", "PT", "NM", "US", "SEG", "RTDOSE", "RTSTRUCT", "RTPLAN", "SR"})
 _COLOUR_INTERPRETATIONS = frozenset(
@@ -72,10 +91,14 @@ class Radiograph:
             raise ValueError(f"Radiograph array must be 2D, got shape {self.array.shape}")
 
 
-def read_radiograph(path: PathArg, *, voi: Literal["apply", "raw"] = "apply") -> Radiograph:
+def read_radiograph(path: PathArg, *, voi: Literal["apply", "raw"] = "apply", max_pixels: int = MAX_PIXELS,
+                    usable: bool = False) -> Radiograph:
     """Load a radiograph from DICOM, PNG or JPEG.
 
     `voi="apply"` applies the DICOM VOI LUT or window (first one) when present; `voi="raw"` skips it.
+    Images of more than `max_pixels` are refused from their header, before any pixel is decoded.
+    `usable=True` also refuses images no classifier can read (`check_usable`: too small, extreme aspect ratio,
+    no contrast); classification asks for it.
     Raises `InputError` (or `DicomError`) naming the file for anything that cannot be loaded.
     """
     if voi not in ("apply", "raw"):
@@ -84,9 +107,57 @@ def read_radiograph(path: PathArg, *, voi: Literal["apply", "raw"] = "apply") ->
     head = _read_head(path)
     is_dicom = head[128:132] == b"DICM"
     looks_like_bitmap = path.suffix.lower() in _IMAGE_SUFFIXES and not is_dicom
+    limits = (max_pixels, usable)
     if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)) or looks_like_bitmap:
-        return _read_bitmap(path)
-    return _read_dicom(path, voi=voi, force=not is_dicom)
+        image = _read_bitmap(path, limits)
+    else:
+        image = _read_dicom(path, voi=voi, force=not is_dicom, limits=limits)
+    return check_usable(image) if usable else image
+
+
+def _check_size(rows: int, cols: int, path: Path, limits: tuple[int, bool]) -> None:
+    """Refuse, from the header, images over the pixel budget (and, when usable, too small or too elongated)."""
+    max_pixels, usable = limits
+    if rows <= 0 or cols <= 0:
+        raise InputError(f"empty image: {rows}x{cols} pixels", path)
+    if rows * cols > max_pixels:
+        raise InputError(f"image of {rows}x{cols} pixels ({rows * cols / 1e6:.3g} M) exceeds the pixel budget of "
+                         f"{max_pixels / 1e6:.3g} M (read_radiograph max_pixels)", path)
+    if usable:
+        _check_shape(rows, cols, path)
+
+
+def _check_shape(rows: int, cols: int, path: PathArg) -> None:
+    if min(rows, cols) < MIN_SIDE:
+        raise InputError(f"not a usable radiograph: too small, {rows}x{cols} pixels (at least {MIN_SIDE} on a "
+                         "side)", path)
+    if max(rows, cols) / min(rows, cols) > MAX_ASPECT:
+        raise InputError(f"not a usable radiograph: extreme aspect ratio, {rows}x{cols} pixels "
+                         f"({max(rows, cols) / min(rows, cols):.3g}:1, at most {MAX_ASPECT:g}:1)", path)
+
+
+def check_usable(image: Radiograph) -> Radiograph:
+    """`image` unchanged, or `InputError` saying why no classifier can read it: too small (< `MIN_SIDE` px on
+    a side), extreme aspect ratio (> `MAX_ASPECT`), non-finite values, or no contrast (constant, 98 % of the
+    pixels on one value, or fewer than 8 grey levels)."""
+    array = image.array
+    _check_shape(*array.shape, image.source)
+    step = max(1, int(math.sqrt(array.size / 1_000_000)))  # about a million pixels are plenty for the statistics
+    sample = array[::step, ::step]
+    if not np.isfinite(array).all():
+        raise InputError("not a usable radiograph: non-finite (NaN/inf) pixel values", image.source)
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise InputError(f"not a usable radiograph: no contrast, every pixel is {low:g}", image.source)
+    p1, p99 = (float(v) for v in np.percentile(sample, [1, 99]))
+    if p1 == p99:
+        raise InputError(f"not a usable radiograph: near-constant, at least 98 % of the pixels are {p1:g} "
+                         f"(range {low:g}..{high:g})", image.source)
+    levels = np.unique(sample).size
+    if levels < _MIN_GREY_LEVELS:
+        raise InputError(f"not a usable radiograph: tiny dynamic range, {levels} grey levels ({low:g}..{high:g}; "
+                         f"at least {_MIN_GREY_LEVELS})", image.source)
+    return image
 
 
 def is_radiograph_file(path: PathArg) -> bool:
@@ -135,10 +206,11 @@ def _one_line(exc: BaseException) -> str:
 # --- PNG / JPEG --------------------------------------------------------------------------------------
 
 
-def _read_bitmap(path: Path) -> Radiograph:
+def _read_bitmap(path: Path, limits: tuple[int, bool]) -> Radiograph:
     notes: list[str] = []
     try:
         with Image.open(path) as img:
+            _check_size(img.height, img.width, path, limits)
             if getattr(img, "n_frames", 1) > 1:
                 raise InputError(f"not a radiograph: {img.n_frames} frames in one image file", path)
             img.load()
@@ -150,6 +222,8 @@ def _read_bitmap(path: Path) -> Radiograph:
         raise
     except Image.UnidentifiedImageError as exc:
         raise InputError("not an image: format not recognised as PNG/JPEG", path) from exc
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image too large to decode safely ({_one_line(exc)})", path) from exc
     except Exception as exc:
         raise InputError(f"truncated or undecodable image data ({_one_line(exc)})", path) from exc
     tags: dict[str, Any] = dict.fromkeys(_TAG_KEYS)
@@ -191,12 +265,18 @@ def _rgb_to_grey(rgb: np.ndarray, source: str, notes: list[str]) -> np.ndarray:
 # --- DICOM -------------------------------------------------------------------------------------------
 
 
-def _read_dicom(path: Path, *, voi: str, force: bool) -> Radiograph:
+def _read_dicom(path: Path, *, voi: str, force: bool, limits: tuple[int, bool]) -> Radiograph:
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = _dcmread(path, force, caught)
         _check_radiograph(ds, path, notes)
+        try:
+            rows, cols = int(ds.get("Rows")), int(ds.get("Columns"))
+        except (TypeError, ValueError) as exc:
+            raise DicomError(f"Rows/Columns missing or invalid ({ds.get('Rows')!r} x {ds.get('Columns')!r})",
+                             path) from exc
+        _check_size(rows, cols, path, limits)
         photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
         try:
             pixels = ds.pixel_array

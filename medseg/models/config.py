@@ -59,10 +59,12 @@ def validate_model_config(data: Mapping[str, Any], source: str | os.PathLike[str
 
 def load_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a YAML model config (see `validate_model_config` for the result)."""
-    import yaml
+    from medseg.configfile import MAX_CONFIG_BYTES, load_yaml_text
 
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"model config is over {MAX_CONFIG_BYTES // 2**20} MB; refused", path)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError("model config not found", path) from None
@@ -70,12 +72,7 @@ def load_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError("is a folder, not a model config file", path) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason})", path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}", path) from None
+    data = load_yaml_text(text, path)  # alias bombs and syntax errors: ConfigError naming the file
     return validate_model_config(data if data is not None else {}, source=path)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 FIRST_CONV = "conv1.weight"
+_PICKLED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 @dataclass
@@ -92,6 +94,27 @@ def _describe(layout: tuple[str, list[int]]) -> str:
     return f"{name} ({text})" if name else text
 
 
+def torch_load_refusal(exc: BaseException, what: str = "torch file") -> str:
+    """Why `torch.load(weights_only=True)` failed, as one line that never advises unpickling.
+
+    torch's own message for a pickled object suggests loading with weights_only off (which can run
+    arbitrary code); medseg says plainly that it refuses such files instead.
+    """
+    text = str(exc)
+    found = _PICKLED_GLOBAL.search(text)
+    if found:
+        return (f"holds pickled Python objects ({found.group(1)}), not only tensors; medseg refuses to load such a "
+                "file for safety (unpickling can run arbitrary code). Save the weights as .safetensors or as a "
+                "plain state dict of tensors")
+    if isinstance(exc, pickle.UnpicklingError) or "weights only" in text.lower() or "weights_only" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+        detail = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+        return (f"cannot read as {what}: not a tensor-only torch file ({detail or 'unpickling refused'}); medseg "
+                "refuses to unpickle anything but tensors, for safety")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"cannot read as {what}: {lines[0][:200] if lines else type(exc).__name__}"
+
+
 def read_torch_state_dict(path: str | os.PathLike[str], kind: str = "model") -> dict[str, torch.Tensor]:
     """Tensors of a weights file (`torch.load(weights_only=True)`), unwrapped and with `module.` prefixes removed.
 
@@ -104,8 +127,7 @@ def read_torch_state_dict(path: str | os.PathLike[str], kind: str = "model") -> 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip/format errors of all kinds
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot read as torch weights (torch.load, weights_only=True): {reason}", path) from None
+        raise ConfigError(torch_load_refusal(exc, "torch weights"), path) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
             data = data[wrapper]

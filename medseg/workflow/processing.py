@@ -102,8 +102,8 @@ def read_case(case: Case, workflow: Workflow, models: CaseModels) -> Any:
     from medseg.io.dicom_series import ReadOptions, read_series
 
     rules = workflow.inputs.series if workflow.inputs else None
-    options = ReadOptions(on_gantry_tilt=rules.gantry_tilt, on_uneven_spacing=rules.uneven_spacing) if rules \
-        else ReadOptions()
+    options = ReadOptions(on_gantry_tilt=rules.gantry_tilt, on_uneven_spacing=rules.uneven_spacing,
+                          on_non_finite=rules.non_finite, max_voxels=rules.max_voxels) if rules else ReadOptions()
     if case.series is not None:
         volume = read_series(case.series, options)
         volume.source = str(case.source)

@@ -49,6 +49,10 @@ class SeriesRules(_Strict):
                                                                              "original"]
     gantry_tilt: Literal["resample", "error"] = "resample"
     uneven_spacing: Literal["error", "resample"] = "error"
+    non_finite: Literal["air", "error"] = Field("air", description="NaN/inf voxels: replaced by air (-1024 HU) with "
+                                                "a note and the QC flag non_finite_voxels, or the case fails.")
+    max_voxels: int = Field(1024**3, ge=1, description="Refuse images larger than this (checked from headers, "
+                                                      "before any pixel is read).")
 
     def selection_rules(self):
         from medseg.io.series_selection import SelectionRules
