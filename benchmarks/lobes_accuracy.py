@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-LOBES = {1: "LUL", 2: "LLL", 3: "RUL", 4: "RML", 5: "RLL"}
-
 
 def ensure_cases(work: Path, cases: int, seed: int, size: int) -> Path:
     from medseg.data.phantom.ct_case import synth_ct_dataset
@@ -44,9 +42,15 @@ def main() -> None:
     from medseg.evaluate.segmentation import compare_labels
     from medseg.infer.segment import LobeSegmenter
     from medseg.io import load_volume
+    from medseg.labels import label_map
 
     folder = ensure_cases(args.work, args.cases, args.seed, args.size)
     segmenter = LobeSegmenter(args.model, tta=args.tta)
+    lobes = label_map("lobes")                      # the phantoms' lobes.nii.gz convention
+    names = lobes.short_names()
+    to_reference = np.zeros(256, dtype=np.uint8)    # the model's values -> the reference's, by name
+    for label in segmenter.label_map.foreground:
+        to_reference[label.value] = lobes.by_name(label.name).value
     rows = []
     for case in sorted(p for p in folder.iterdir() if p.is_dir()):
         volume = load_volume(case / "ct")
@@ -54,14 +58,14 @@ def main() -> None:
         started = time.perf_counter()
         result = segmenter(volume)
         seconds = time.perf_counter() - started
-        scores = compare_labels(result.labels.array, reference.array, volume.spacing, LOBES)
+        scores = compare_labels(to_reference[result.labels.array], reference.array, volume.spacing, names)
         findings = [f["kind"] for f in json.loads((case / "findings.json").read_text()).get("findings", [])]
-        dice = {name: scores[name].dice for name in LOBES.values()}
+        dice = {name: scores[name].dice for name in names.values()}
         rows.append({"case": case.name, "shape": list(volume.shape), "seconds": seconds, "findings": findings,
-                     "dice": dice, "hd95_mm": {n: scores[n].hd95_mm for n in LOBES.values()}})
+                     "dice": dice, "hd95_mm": {n: scores[n].hd95_mm for n in names.values()}})
         print(f"{case.name} {volume.shape} {seconds:5.1f} s  " + " ".join(f"{n} {d:.3f}" for n, d in dice.items())
               + f"  mean {np.mean(list(dice.values())):.3f}  {','.join(findings) or '-'}", flush=True)
-    per_lobe = {name: float(np.mean([r["dice"][name] for r in rows])) for name in LOBES.values()}
+    per_lobe = {name: float(np.mean([r["dice"][name] for r in rows])) for name in names.values()}
     mean = float(np.mean(list(per_lobe.values())))
     print("mean per lobe: " + " ".join(f"{n} {d:.3f}" for n, d in per_lobe.items()) + f" | mean {mean:.3f}")
     print(f"worst case-lobe: {min(min(r['dice'].values()) for r in rows):.3f}")

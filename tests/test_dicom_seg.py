@@ -19,9 +19,19 @@ from medseg.io import ReadOptions, Volume, load_volume, read_nifti
 from .conftest import resample_by_world, sitk_read_series, sitk_world_matrix_ras
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-# Written out here (not imported) so the test checks the module's table: SNOMED CT, laterality-specific.
-LOBE_CODES = {"44714003": 1, "41224006": 2, "42400003": 3, "72481006": 4, "266005": 5}
-LUNG_CODES = {"3341006": 1, "44029006": 2}
+# Written out here (not imported) so the test checks the registry: DICOM CID 6170 lobe / CID 7151 lung types,
+# keyed (type code, laterality modifier code from CID 244: 24028007 right, 7771000 left).
+LOBE_CODES = {("45653009", "7771000"): 1, ("90572001", "7771000"): 2, ("45653009", "24028007"): 3,
+              ("72481006", "24028007"): 4, ("90572001", "24028007"): 5}
+LUNG_CODES = {("39607008", "24028007"): 1, ("39607008", "7771000"): 2}
+
+
+def _type_key(segment) -> tuple[str, str]:
+    """(property type code, laterality modifier code) of a SegmentSequence item."""
+    kind = segment.SegmentedPropertyTypeCodeSequence[0]
+    modifier = kind.SegmentedPropertyTypeModifierCodeSequence[0]
+    assert kind.CodingSchemeDesignator == modifier.CodingSchemeDesignator == "SCT"
+    return str(kind.CodeValue), str(modifier.CodeValue)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +87,7 @@ def _check_frames_against_sitk(seg_path: Path, series: Path, labels: np.ndarray,
     size = image.GetSize()
     reference = resample_by_world(labels, affine, sitk_world_matrix_ras(image), size)   # (x, y, z) = (col, row, z)
     seg = pydicom.dcmread(seg_path)
-    values = {int(s.SegmentNumber): codes[s.SegmentedPropertyTypeCodeSequence[0].CodeValue]
+    values = {int(s.SegmentNumber): codes[_type_key(s)]
               for s in seg.SegmentSequence}
     frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
     seen = set()
@@ -105,7 +115,10 @@ def test_seg_is_segmentation_storage_with_snomed_lobe_segments(case) -> None:
         kind = item.SegmentedPropertyTypeCodeSequence[0]
         assert (category.CodeValue, category.CodingSchemeDesignator) == ("91723000", "SCT")
         assert kind.CodingSchemeDesignator == "SCT"
-        assert LOBE_CODES[kind.CodeValue] == result.label_values[int(item.SegmentNumber)]
+        assert LOBE_CODES[_type_key(item)] == result.label_values[int(item.SegmentNumber)]
+        region = item.AnatomicRegionSequence[0]
+        assert region.CodeValue == "39607008" and region.AnatomicRegionModifierSequence[0].CodeValue == (
+            _type_key(item)[1])
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         assert item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "medseg"
         assert len(item.RecommendedDisplayCIELabValue) == 3
@@ -119,7 +132,8 @@ def test_highdicom_reads_the_seg(case) -> None:
     _, _, _, result = case
     seg = hd.seg.segread(result.path)
     assert seg.number_of_segments == 5 and seg.segment_numbers == [1, 2, 3, 4, 5]
-    assert [c.value for c in seg.segmented_property_types] == list(LOBE_CODES)
+    assert {c.value for c in seg.segmented_property_types} == {code for code, _ in LOBE_CODES}   # distinct types
+    assert [_type_key(seg.get_segment_description(n)) for n in seg.segment_numbers] == list(LOBE_CODES)
 
 
 def test_read_back_equals_the_nifti_labels(case) -> None:
@@ -205,7 +219,7 @@ def test_absent_lobe_is_skipped_and_reported(case, tmp_path: Path, caplog: pytes
     assert result.skipped == {4: "right_middle_lobe"} and "right_middle_lobe" in caplog.text
     assert result.label_values == {1: 1, 2: 2, 3: 3, 4: 5}
     seg = pydicom.dcmread(result.path)
-    assert sorted(s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence) == sorted(
+    assert sorted(_type_key(s) for s in seg.SegmentSequence) == sorted(
         code for code, value in LOBE_CODES.items() if value != 4)
     assert np.array_equal(read_dicom_seg_labels(result.path, volume), no_middle)
 
@@ -215,10 +229,10 @@ def test_lungs_label_map_and_explicit_names(case, tmp_path: Path) -> None:
     lungs = read_nifti(folder / "lungs.nii.gz").array
     result = write_dicom_seg(lungs, volume, tmp_path / "lungs.dcm", label_map="lungs")
     seg = pydicom.dcmread(result.path)
-    assert {s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence} == set(LUNG_CODES)
+    assert {_type_key(s) for s in seg.SegmentSequence} == set(LUNG_CODES)
     assert np.array_equal(read_dicom_seg_labels(result.path, volume), lungs)
     swapped = np.choose(lungs, [0, 7, 9]).astype(np.uint8)
-    explicit = write_dicom_seg(swapped, volume, tmp_path / "explicit.dcm", label_map={7: "Right lung", 9: "lung_left"})
+    explicit = write_dicom_seg(swapped, volume, tmp_path / "explicit.dcm", label_map={7: "Right lung", 9: "LEFT-LUNG"})
     assert explicit.segments == {1: "right_lung", 2: "left_lung"}
     assert np.array_equal(read_dicom_seg_labels(explicit.path, volume, label_map={7: "right_lung", 9: "left_lung"}),
                           swapped)

@@ -16,13 +16,15 @@ from scipy import ndimage
 
 from medseg.errors import GeometryError
 from medseg.evaluate.segmentation import (
-    LOBES,
     compare_files,
     compare_labels,
     evaluate_folder,
     pair_folders,
     surface_distances,
 )
+
+LOBES = {1: "LUL", 2: "LLL", 3: "RUL", 4: "RML", 5: "RLL"}
+"""The lungmask lobe convention, written out so the tests check the registry."""
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +38,7 @@ def _invoke(*args: str):
     """The `evaluate` group in-process (stdout and stderr kept apart)."""
     from click.testing import CliRunner
 
-    from medseg.cli_evaluate import evaluate
+    from medseg.cli.evaluate import evaluate
 
     return CliRunner().invoke(evaluate, list(args))
 
@@ -97,7 +99,7 @@ def test_offset_spheres_match_analytic_overlap_and_distances() -> None:
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_matches_monai_on_random_shapes() -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # a hard dependency (pyproject): missing means broken, not skipped
     from monai.metrics import DiceMetric, compute_average_surface_distance, compute_hausdorff_distance
 
     pred, ref = _random_labels(3, (26, 30, 18))
@@ -184,9 +186,12 @@ def test_all_labels_and_float_maps() -> None:
 
 
 def test_default_lobe_names_follow_the_label_config() -> None:
-    yaml = pytest.importorskip("yaml")
+    import yaml
+
     config = yaml.safe_load((REPO / "configs" / "labels" / "lobes.yaml").read_text())
     assert {int(k): v["abbreviation"] for k, v in config["labels"].items() if int(k)} == LOBES
+    pred = np.zeros((4, 4, 4), np.uint8)
+    assert [s.name for s in compare_labels(pred, pred, (1.0, 1.0, 1.0)).per_label] == list(LOBES.values())
 
 
 # -------------------------------------------------------------------------------------------------- files

@@ -9,7 +9,6 @@ from medseg.evaluate.classification import (
     write_report,
 )
 from medseg.evaluate.segmentation import (
-    LABEL_SETS,
     CasePairs,
     FolderScores,
     LabelScores,
@@ -26,7 +25,6 @@ from medseg.evaluate.segmentation import (
 )
 
 __all__ = [
-    "LABEL_SETS",
     "CasePairs",
     "ClassTable",
     "ClassificationReport",

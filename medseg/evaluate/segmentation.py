@@ -42,9 +42,6 @@ from medseg.errors import ConfigError, GeometryError, InputError
 
 __all__ = [
     "GRID_TOLERANCE_MM",
-    "LABEL_SETS",
-    "LOBES",
-    "LUNGS",
     "CasePairs",
     "FolderScores",
     "LabelScores",
@@ -64,13 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-LOBES: dict[int, str] = {1: "LUL", 2: "LLL", 3: "RUL", 4: "RML", 5: "RLL"}
-"""Lobe labels (lungmask convention, abbreviations of `configs/labels/lobes.yaml`)."""
-LUNGS: dict[int, str] = {1: "right_lung", 2: "left_lung"}
-"""Lung labels as written by `medseg synth ct` (lungs.nii.gz)."""
-LABEL_SETS: dict[str, dict[int, str]] = {"lobes": LOBES, "lungs": LUNGS}
-"""Named label sets; "all" (every positive value found in either map, named by number) is resolved per case."""
 
 LabelSpec = Mapping[int, str] | Sequence[int] | str | None
 Status = Literal["ok", "absent", "missing_in_pred", "missing_in_ref"]
@@ -179,22 +169,26 @@ class SegmentationScores:
 
 
 def resolve_labels(spec: LabelSpec, present: Sequence[int] = ()) -> dict[int, str]:
-    """Label value -> name from a label set name ("lobes", "lungs", "all"), a mapping or a list of values.
+    """Label value -> name from a registered label map ("lobes", "lungs": `medseg.labels`), "all", a
+    {value: name} mapping (a model card's labels) or a list of values.
 
-    None means "lobes". "all" names every value in `present` by its number.
+    Names are the registry's short names (LUL ... RLL, right_lung); None means "lobes"; "all" names every
+    value in `present` by its number.
     """
+    from medseg.labels import from_names, label_map, label_map_names
+
     if spec is None:
-        resolved = dict(LOBES)
+        resolved = label_map("lobes").short_names()
     elif isinstance(spec, str):
         key = spec.lower()
         if key == "all":
             resolved = {int(v): str(int(v)) for v in sorted(present)}
-        elif key in LABEL_SETS:
-            resolved = dict(LABEL_SETS[key])
+        elif key in label_map_names():
+            resolved = label_map(key).short_names()
         else:
-            raise ConfigError(f"unknown label set {spec!r}; choose one of {', '.join([*LABEL_SETS, 'all'])}")
+            raise ConfigError(f"unknown label set {spec!r}; choose one of {', '.join([*label_map_names(), 'all'])}")
     elif isinstance(spec, Mapping):
-        resolved = {int(value): str(name) for value, name in spec.items()}
+        resolved = from_names({value: name for value, name in spec.items() if int(value) != 0}).short_names()
     else:
         resolved = {int(value): str(int(value)) for value in spec}
     bad = [value for value in resolved if value < 1]

@@ -6,19 +6,20 @@ ImagePositionPatient / ImageOrientationPatient / PixelSpacing against `volume.af
 assuming an axis order. Volumes that were resampled while loading (gantry tilt, uneven spacing) have
 no acquired slices to reference and are refused.
 
-Segments are coded with SNOMED CT (category "Anatomical Structure", types below); each lobe code is
-the laterality-specific concept. Codes verified against SNOMED CT / DICOM PS3.16 (CID 6170 and 7150):
-note that 45653009 and 90572001 are the laterality-free "Upper/Lower lobe of lung" and are not used.
+Segments are coded from the label registry (`medseg.labels`, `configs/labels/*.yaml`): category CID 7150,
+type from DICOM's own vocabulary (CID 6170 "Lobe of Lung", "Lung") with the laterality (CID 244) in the
+Segmented Property Type Modifier Code Sequence, anatomic region "Lung" for lobes. A model's labels map to
+codes by name, so the codes follow the model card whatever its label order.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -26,16 +27,15 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 import medseg
-from medseg.errors import DicomError, GeometryError, InputError
-from medseg.export.overlay import LOBE_COLOURS
+from medseg.errors import ConfigError, DicomError, GeometryError, InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.volume import Volume, lps_to_ras
+from medseg.labels import Coded, LabelMap, label_map_names
+from medseg.labels import label_map as registered_map
+from medseg.labels import resolve_label_map as resolve_labels
 
 __all__ = [
-    "ANATOMICAL_STRUCTURE",
-    "LABEL_MAPS",
     "SEGMENTATION_STORAGE",
-    "STRUCTURES",
     "DicomSegResult",
     "Structure",
     "read_dicom_seg_labels",
@@ -52,55 +52,58 @@ SLICE_TOLERANCE_FRACTION = 0.01
 """Through-plane offset accepted between a source slice and its label plane, as a fraction of the slice
 step (the loader's default uneven-spacing tolerance), never below `POSITION_TOLERANCE_MM`."""
 
-ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
-"""Segmented property category (DICOM CID 7150)."""
-
-
 @dataclass(frozen=True)
 class Structure:
-    """A structure medseg can export: its name, segment label, SNOMED CT type code and display colour."""
+    """A label as DICOM SEG codes it: segment label, category, type (+ laterality modifier), region, colour."""
 
     name: str
     label: str
+    category: Code
     code: Code
+    modifier: Code | None
+    region: Code | None
     rgb: tuple[int, int, int]
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(type scheme, type value, laterality value) identifying the structure when a SEG is read back."""
+        return self.code.scheme_designator, self.code.value, self.modifier.value if self.modifier else ""
 
-_LOBE_RGB = dict(LOBE_COLOURS.values())
-STRUCTURES: dict[str, Structure] = {s.name: s for s in (
-    Structure("left_upper_lobe", "Left upper lobe", Code("44714003", "SCT", "Upper lobe of left lung"),
-              _LOBE_RGB["LUL"]),
-    Structure("left_lower_lobe", "Left lower lobe", Code("41224006", "SCT", "Lower lobe of left lung"),
-              _LOBE_RGB["LLL"]),
-    Structure("right_upper_lobe", "Right upper lobe", Code("42400003", "SCT", "Upper lobe of right lung"),
-              _LOBE_RGB["RUL"]),
-    Structure("right_middle_lobe", "Right middle lobe", Code("72481006", "SCT", "Middle lobe of right lung"),
-              _LOBE_RGB["RML"]),
-    Structure("right_lower_lobe", "Right lower lobe", Code("266005", "SCT", "Lower lobe of right lung"),
-              _LOBE_RGB["RLL"]),
-    Structure("right_lung", "Right lung", Code("3341006", "SCT", "Right lung"), (213, 94, 0)),
-    Structure("left_lung", "Left lung", Code("44029006", "SCT", "Left lung"), (0, 114, 178)),
-)}
-"""Exportable structures by medseg name (lobe colours from `LOBE_COLOURS`, lungs in Okabe-Ito)."""
 
-_ALIASES = {
-    "lul": "left_upper_lobe", "lung_upper_lobe_left": "left_upper_lobe",
-    "lll": "left_lower_lobe", "lung_lower_lobe_left": "left_lower_lobe",
-    "rul": "right_upper_lobe", "lung_upper_lobe_right": "right_upper_lobe",
-    "rml": "right_middle_lobe", "lung_middle_lobe_right": "right_middle_lobe",
-    "rll": "right_lower_lobe", "lung_lower_lobe_right": "right_lower_lobe",
-    "lung_right": "right_lung", "lung_left": "left_lung",
-}
-"""Other spellings: `configs/labels/lobes.yaml` abbreviations and TotalSegmentator names."""
+LabelMapLike = LabelMap | Mapping[int, str] | str
 
-LABEL_MAPS: dict[str, dict[int, str]] = {
-    "lobes": {1: "left_upper_lobe", 2: "left_lower_lobe", 3: "right_upper_lobe", 4: "right_middle_lobe",
-              5: "right_lower_lobe"},
-    "lungs": {1: "right_lung", 2: "left_lung"},
-}
-"""Named label maps: medseg's lobes.nii.gz and lungs.nii.gz conventions."""
 
-LabelMap = Mapping[int, str] | str
+def _code(coded: Coded) -> Code:
+    return Code(coded.value, coded.scheme, coded.meaning)
+
+
+def resolve_label_map(label_map: LabelMapLike, path: str | os.PathLike[str] | None = None) -> dict[int, Structure]:
+    """Label value -> `Structure` for a registry name ("lobes", "lungs"), a model card's {value: name} mapping
+    or a `medseg.labels.LabelMap`; every label must have DICOM codes in `configs/labels/`."""
+    try:
+        labels = resolve_labels(label_map, path)
+    except ConfigError as exc:
+        raise InputError(str(exc), path) from None
+    resolved: dict[int, Structure] = {}
+    for label in labels.foreground:
+        if label.type is None or label.category is None:
+            raise InputError(f"label {label.value} {label.name!r} has no DICOM codes for DICOM SEG; coded labels: "
+                             f"{', '.join(sorted(_coded_names()))} (configs/labels/)", path)
+        structure = Structure(label.name, label.display, _code(label.category), _code(label.type),
+                              _code(label.laterality_code) if label.laterality_code else None,
+                              _code(label.region) if label.region else None, label.colour)
+        twin = next((v for v, s in resolved.items() if s.key == structure.key), None)
+        if twin is not None:
+            raise InputError(f"label values {twin} and {label.value} both code {structure.code.meaning}"
+                             f"{' ' + structure.modifier.meaning if structure.modifier else ''}", path)
+        resolved[label.value] = structure
+    if not resolved:
+        raise InputError("the label map is empty", path)
+    return resolved
+
+
+def _coded_names() -> set[str]:
+    return {label.name for name in label_map_names() for label in registered_map(name).foreground if label.type}
 
 
 @dataclass(frozen=True)
@@ -116,35 +119,6 @@ class DicomSegResult:
     """Label value -> structure name of labels absent from the mask (no segment written)."""
     frames: int = 0
     source_images: int = 0
-
-
-def _structure(name: str) -> Structure | None:
-    key = re.sub(r"[^0-9a-z]+", "_", str(name).casefold()).strip("_")
-    return STRUCTURES.get(_ALIASES.get(key, key))
-
-
-def resolve_label_map(label_map: LabelMap, path: str | os.PathLike[str] | None = None) -> dict[int, Structure]:
-    """Label value -> `Structure` for "lobes", "lungs" or an explicit {value: name} mapping."""
-    if isinstance(label_map, str):
-        if label_map.lower() not in LABEL_MAPS:
-            raise InputError(f"unknown label map {label_map!r}; use {' or '.join(map(repr, LABEL_MAPS))} "
-                             "or a {value: name} mapping", path)
-        label_map = LABEL_MAPS[label_map.lower()]
-    resolved: dict[int, Structure] = {}
-    for value, name in label_map.items():
-        structure = _structure(name)
-        if structure is None:
-            raise InputError(f"label {value} {name!r} has no SNOMED CT code for DICOM SEG; known names: "
-                             f"{', '.join(STRUCTURES)}", path)
-        if not 1 <= int(value) <= 255:
-            raise InputError(f"label value {value} for {name!r} is outside 1..255", path)
-        twin = next((v for v, s in resolved.items() if s is structure), None)
-        if twin is not None:
-            raise InputError(f"label values {twin} and {value} both name {structure.name}", path)
-        resolved[int(value)] = structure
-    if not resolved:
-        raise InputError("the label map is empty", path)
-    return resolved
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -313,7 +287,7 @@ def write_dicom_seg(
     volume: Volume,
     path: str | os.PathLike[str],
     *,
-    label_map: LabelMap = "lobes",
+    label_map: LabelMapLike = "lobes",
     series_description: str = "medseg lobes",
     series_number: int = 300,
     algorithm_name: str = "medseg",
@@ -355,15 +329,8 @@ def write_dicom_seg(
 
     algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, family=codes.cid7162.ArtificialIntelligence,
                                                    version=algorithm_version)
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number, segment_label=structures[value].label,
-            segmented_property_category=ANATOMICAL_STRUCTURE, segmented_property_type=structures[value].code,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*structures[value].rgb),
-        )
-        for number, value in enumerate(kept, start=1)
-    ]
+    descriptions = [_segment_description(number, structures[value], algorithm)
+                    for number, value in enumerate(kept, start=1)]
     try:
         seg = hd.seg.Segmentation(
             source_images=datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -386,6 +353,25 @@ def write_dicom_seg(
         frames=int(seg.NumberOfFrames),
         source_images=len(datasets),
     )
+
+
+def _segment_description(number: int, structure: Structure, algorithm: Any) -> Any:
+    """highdicom's segment description plus the laterality modifiers it has no argument for."""
+    import highdicom as hd
+
+    description = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=structure.label, segmented_property_category=structure.category,
+        segmented_property_type=structure.code, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm, anatomic_regions=[structure.region] if structure.region else None,
+        display_color=hd.color.CIELabColor.from_rgb(*structure.rgb),
+    )
+    if structure.modifier is not None:
+        modifier = hd.sr.CodedConcept.from_code(structure.modifier)
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
+        if structure.region is not None:
+            description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                hd.sr.CodedConcept.from_code(structure.modifier)]
+    return description
 
 
 def _check_planes(planes: list[_Plane], labels: np.ndarray, volume: Volume) -> None:
@@ -430,25 +416,27 @@ def _verify_frames(seg: Dataset, datasets: list[Dataset], files: list[str]) -> N
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def _segment_values(seg, label_map: LabelMap | None, path: Path) -> dict[int, int]:
-    """Segment number -> label value, matching segments by their SNOMED CT property type."""
+def _segment_values(seg, label_map: LabelMapLike | None, path: Path) -> dict[int, int]:
+    """Segment number -> label value, matching segments by property type and laterality modifier."""
     types = {}
     for description in seg.SegmentSequence:
         code = description.SegmentedPropertyTypeCodeSequence[0]
-        types[int(description.SegmentNumber)] = (str(code.CodeValue), str(code.CodingSchemeDesignator))
-    candidates = [label_map] if label_map is not None else list(LABEL_MAPS)
+        modifiers = code.get("SegmentedPropertyTypeModifierCodeSequence") or []
+        types[int(description.SegmentNumber)] = (str(code.CodingSchemeDesignator), str(code.CodeValue),
+                                                 str(modifiers[0].CodeValue) if modifiers else "")
+    candidates = [label_map] if label_map is not None else label_map_names()
     for candidate in candidates:
-        by_code = {(s.code.value, s.code.scheme_designator): value
-                   for value, s in resolve_label_map(candidate, path).items()}
+        by_code = {s.key: value for value, s in resolve_label_map(candidate, path).items()}
         if all(code in by_code for code in types.values()):
             return {number: by_code[code] for number, code in types.items()}
-    unknown = sorted({f"{scheme} {value}" for value, scheme in types.values()})
+    unknown = sorted({f"{scheme} {value}{' (' + modifier + ')' if modifier else ''}"
+                      for scheme, value, modifier in types.values()})
     raise InputError(f"SEG segment types {unknown} do not all belong to label map "
-                     f"{label_map if label_map is not None else ' or '.join(LABEL_MAPS)}", path)
+                     f"{label_map if label_map is not None else ' or '.join(label_map_names())}", path)
 
 
 def read_dicom_seg_labels(seg_path: str | os.PathLike[str], volume: Volume, *,
-                          label_map: LabelMap | None = None) -> np.ndarray:
+                          label_map: LabelMapLike | None = None) -> np.ndarray:
     """Rebuild a uint8 label array on `volume`'s grid from a BINARY DICOM SEG (for tests and QA).
 
     Frames are placed by their own position/orientation; when `volume` has its slice files, each frame's

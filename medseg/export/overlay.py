@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -10,23 +11,9 @@ import numpy as np
 from medseg.export.preview import LUNG_WINDOW, canonical_ras
 from medseg.io.atomic import atomic_path
 from medseg.io.volume import Volume
+from medseg.labels import LabelMap, resolve_label_map
 
-__all__ = ["LOBE_COLOURS", "LUNG_COLOURS", "label_montage", "save_label_montage"]
-
-LOBE_COLOURS: dict[int, tuple[str, tuple[int, int, int]]] = {
-    1: ("LUL", (230, 159, 0)),
-    2: ("LLL", (86, 180, 233)),
-    3: ("RUL", (0, 158, 115)),
-    4: ("RML", (240, 228, 66)),
-    5: ("RLL", (204, 121, 167)),
-}
-"""Lobe label -> (name, RGB); Okabe-Ito colours, distinguishable with colour-vision deficiency."""
-
-LUNG_COLOURS: dict[int, tuple[str, tuple[int, int, int]]] = {
-    1: ("right lung", (0, 158, 115)),
-    2: ("left lung", (230, 159, 0)),
-}
-"""Lung-mask label (1 right, 2 left) -> (name, RGB)."""
+__all__ = ["label_montage", "save_label_montage"]
 
 
 def _window(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -50,16 +37,18 @@ def _tile(hu: np.ndarray, labels: np.ndarray, row_mm: float, col_mm: float, heig
     return np.asarray(image)
 
 
-def label_montage(volume: Volume, labels: np.ndarray, *, colours=None, window: tuple[float, float] = LUNG_WINDOW,
-                  height: int = 320, alpha: float = 0.35, title: str = "") -> np.ndarray:
+def label_montage(volume: Volume, labels: np.ndarray, *, label_map: LabelMap | str | Mapping[int, str] = "lobes",
+                  window: tuple[float, float] = LUNG_WINDOW, height: int = 320, alpha: float = 0.35,
+                  title: str = "") -> np.ndarray:
     """RGB montage: three axial slices through the labelled region, a coronal and a right-lung sagittal, legend.
 
-    Radiological convention (patient right on the viewer's left); slice positions follow the labels'
-    extent so every structure is shown. Returns an (H, W, 3) uint8 array.
+    Colours and legend names come from `label_map` (a registry name, a model card's {value: name} or a
+    `medseg.labels.LabelMap`). Radiological convention (patient right on the viewer's left); slice positions
+    follow the labels' extent so every structure is shown. Returns an (H, W, 3) uint8 array.
     """
     from PIL import Image, ImageDraw
 
-    colours = colours or LOBE_COLOURS
+    colours = resolve_label_map(label_map).colours()
     hu_ras, (sx, sy, sz) = canonical_ras(volume)
     label_ras, _ = canonical_ras(Volume(np.asarray(labels), volume.affine))
     present = np.argwhere(label_ras > 0)

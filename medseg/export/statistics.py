@@ -15,7 +15,6 @@ statistics are NaN), `not_hu` (the image is not CT in Hounsfield units: HU stati
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -29,14 +28,13 @@ from scipy import ndimage
 
 from medseg.configfile import load_config
 from medseg.errors import InputError
-from medseg.export.overlay import LOBE_COLOURS
 from medseg.io.atomic import write_atomically
 from medseg.io.volume import NON_FINITE_NOTE, Volume
+from medseg.jsonable import dumps_json, finite_json
+from medseg.labels import LabelMap, resolve_label_map
 
 __all__ = [
     "CSV_COLUMNS",
-    "LOBE_NAMES",
-    "LUNG_SIDES",
     "Flag",
     "LobeRow",
     "LobeStatistics",
@@ -46,10 +44,6 @@ __all__ = [
     "write_statistics",
 ]
 
-LOBE_NAMES: dict[int, str] = {label: name for label, (name, _) in LOBE_COLOURS.items()}
-"""Default label map: 1 LUL, 2 LLL, 3 RUL, 4 RML, 5 RLL."""
-
-LUNG_SIDES: dict[str, tuple[str, ...]] = {"right_lung": ("RUL", "RML", "RLL"), "left_lung": ("LUL", "LLL")}
 TOTAL = "total"
 LAA_THRESHOLD_HU = -950.0
 PD_PERCENTILE = 15.0
@@ -130,16 +124,6 @@ class LobeRow:
 CSV_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LobeRow))
 
 
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
-
-
 @dataclass
 class LobeStatistics:
     """Rows (lobes, then right_lung, left_lung, total), case flags and where the numbers came from."""
@@ -166,7 +150,7 @@ class LobeStatistics:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict; NaN becomes None."""
-        return _nan_to_none({
+        return finite_json({
             "image": self.image_source,
             "labels": self.labels_source,
             "shape": list(self.shape),
@@ -179,7 +163,7 @@ class LobeStatistics:
         })
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.as_dict(), indent=indent, allow_nan=False)
+        return dumps_json(self.as_dict(), indent=indent)
 
     def rows_for_csv(self) -> list[dict[str, Any]]:
         """One dict per row with `CSV_COLUMNS`: NaN/None as empty cells, floats to 4 decimals, flags `;`-joined."""
@@ -357,14 +341,16 @@ def _range_flags(row: LobeRow, qc: QcRanges, partial: bool) -> list[Flag]:
     return []
 
 
-def lobe_statistics(volume: Volume, labels: np.ndarray, label_map: Mapping[int, str] | None = None,
+def lobe_statistics(volume: Volume, labels: np.ndarray, label_map: LabelMap | str | Mapping[int, str] = "lobes",
                     qc: QcRanges | None = None, *, labels_source: str = "") -> LobeStatistics:
     """Volume, share and density statistics per lobe, per lung and for both lungs, with QC flags.
 
-    `labels` must lie on the image grid (same shape). `label_map` defaults to `LOBE_NAMES`; label 0 is
-    background. Right/left lung rows appear when the map names all their lobes (`LUNG_SIDES`).
+    `labels` must lie on the image grid (same shape). `label_map` is a registry name ("lobes", "lungs"), a
+    model card's {value: name} or a `medseg.labels.LabelMap`; rows are named by each label's abbreviation
+    (LUL) or name, label 0 is background. Right/left lung rows appear when the map holds all their lobes.
     """
-    names = {int(k): str(v) for k, v in (LOBE_NAMES if label_map is None else label_map).items() if int(k) != 0}
+    resolved = resolve_label_map(label_map, labels_source or None)
+    names = resolved.short_names()
     qc = qc or QcRanges()
     labels = _check_labels(labels, volume, labels_source)
     voxel_ml = _voxel_ml(volume)
@@ -385,7 +371,7 @@ def lobe_statistics(volume: Volume, labels: np.ndarray, label_map: Mapping[int, 
     touching = {flag.label for flag in flags if flag.code == "touches_fov_edge"}
 
     by_name = {name: label for label, name in names.items()}
-    groups = {side: members for side, members in LUNG_SIDES.items() if all(m in by_name for m in members)}
+    groups = dict(resolved.parts())
     groups[TOTAL] = tuple(names.values())
     for group, members in groups.items():
         row = _row(group, None, [parts[by_name[m]] for m in members], total_voxels, voxel_ml, hu_ok)

@@ -33,14 +33,15 @@ from scipy import ndimage
 
 from medseg.errors import InputError
 from medseg.io.volume import Volume
+from medseg.labels import label_map
 
 __all__ = ["BACKGROUND", "LEFT_LUNG", "RIGHT_LUNG", "LungMaskSettings", "lung_mask"]
 
 log = logging.getLogger(__name__)
 
 BACKGROUND = 0
-RIGHT_LUNG = 1
-LEFT_LUNG = 2
+RIGHT_LUNG = label_map("lungs").by_name("right_lung").value  # type: ignore[union-attr]
+LEFT_LUNG = label_map("lungs").by_name("left_lung").value  # type: ignore[union-attr]
 _OTHER_AIR = 255
 """Coarse label of air that is not lung (kept out of the full-resolution boundary band)."""
 

@@ -49,7 +49,7 @@ log = logging.getLogger("medseg.transforms")
 
 
 def lobe_swap_map() -> dict[int, int]:
-    """`{1: 3, 3: 1, 2: 5, 5: 2}`: LUL<->RUL, LLL<->RLL for a mirrored chest; RML (4) maps to itself.
+    """The registry's lobe swap (`{1: 3, 3: 1, 2: 5, 5: 2}`): LUL<->RUL, LLL<->RLL; RML maps to itself.
 
     Not label-exact (see the module docstring): after a flip RML lies in the mirrored left lung. Use it only
     when that is acceptable; the default lobe configuration does not flip.

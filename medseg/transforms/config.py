@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from medseg.configfile import load_config, validate_config
 from medseg.errors import ConfigError
+from medseg.labels import label_map
 
 __all__ = [
     "LOBE_SWAP",
@@ -28,11 +29,12 @@ __all__ = [
     "preprocessing_config_from_dict",
 ]
 
-LUNG_SIDE_SWAP: dict[int, int] = {1: 2, 2: 1}
-"""Label swap for the left/right lung task (1 right lung, 2 left lung): exact under a left-right flip."""
+LUNG_SIDE_SWAP: dict[int, int] = label_map("lungs").swap()
+"""Label swap for the left/right lung task (registry map "lungs"): exact under a left-right flip."""
 
-LOBE_SWAP: dict[int, int] = {1: 3, 3: 1, 2: 5, 5: 2}
-"""LUL<->RUL, LLL<->RLL; RML (4) has no left counterpart and keeps its label (see `lobe_swap_map`)."""
+LOBE_SWAP: dict[int, int] = label_map("lobes").swap()
+"""Mutual mirror pairs of the registry's lobes (LUL<->RUL, LLL<->RLL); RML has no left counterpart and keeps
+its label (see `lobe_swap_map`)."""
 
 Prob = typing.Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveRange = typing.Annotated[tuple[float, float], Field(description="(low, high), 0 < low <= high")]
@@ -162,7 +164,7 @@ class PreprocessingConfig(_Strict):
     `spacing` in mm (x, y, z after RAS orientation; None keeps the scan's spacing), `roi_margin_mm` around the
     lung bounding box. X-ray: `image_size` (rows, columns; None keeps the size) and optional `clahe`.
     `labels` names the label map so side-specific labels are protected from a plain left-right flip:
-    "lobes" (0 bg, 1 LUL, 2 LLL, 3 RUL, 4 RML, 5 RLL), "lung_sides" (1 right, 2 left) or "side_agnostic"
+    "lobes" (the registry's lobe map, `configs/labels/lobes.yaml`), "lung_sides" (its "lungs" map) or "side_agnostic"
     (binary masks, classification). It defaults to "lobes" for CT and "side_agnostic" for X-ray.
     """
 
@@ -205,7 +207,7 @@ class PreprocessingConfig(_Strict):
             raise ValueError(
                 f"flip_lr with {labels} labels needs a swap map: a left-right flip moves left structures to "
                 f"the right, so their labels must be swapped (or keep flip_lr: false). "
-                f"{'For lung sides use swap: {1: 2, 2: 1}.' if labels == 'lung_sides' else _LOBE_FLIP_NOTE}"
+                f"{f'For lung sides use swap: {LUNG_SIDE_SWAP}.' if labels == 'lung_sides' else _LOBE_FLIP_NOTE}"
             )
         return aug
 
@@ -235,7 +237,8 @@ class PreprocessingConfig(_Strict):
 
 _LOBE_FLIP_NOTE = (
     "For lobes no swap is exact: the mirrored right lung is a three-lobe 'left' lung (RML has no left "
-    "counterpart), so lobe flips are off by default; swap: {1: 3, 3: 1, 2: 5, 5: 2} enables them knowingly."
+    f"counterpart), so lobe flips are off by default; swap: {dict(sorted(LOBE_SWAP.items()))} enables them "
+    "knowingly."
 )
 
 

@@ -24,21 +24,17 @@ from medseg.data.importers._common import (
     relative_to_manifest,
     require_columns,
 )
-from medseg.data.manifest import LOBE_LABELS, CaseRecord, Manifest, Provenance, assign_patient_splits, progress
+from medseg.data.manifest import CaseRecord, Manifest, Provenance, assign_patient_splits, progress
 from medseg.errors import InputError
 from medseg.io.volume import Volume
 from medseg.io.volume_files import write_nifti
+from medseg.labels import label_map
 
 __all__ = ["LOBE_FILES", "import_totalsegmentator", "merge_lobes"]
 
-LOBE_FILES: dict[int, str] = {
-    1: "lung_upper_lobe_left",
-    2: "lung_lower_lobe_left",
-    3: "lung_upper_lobe_right",
-    4: "lung_middle_lobe_right",
-    5: "lung_lower_lobe_right",
-}
-"""Lobe label value -> TotalSegmentator structure name (see configs/labels/lobes.yaml)."""
+LOBE_FILES: dict[int, str] = {label.value: label.totalsegmentator for label in label_map("lobes").foreground
+                              if label.totalsegmentator}
+"""Lobe label value -> TotalSegmentator structure name (from the registry, configs/labels/lobes.yaml)."""
 
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test", "testing": "test"}
@@ -129,11 +125,13 @@ def import_totalsegmentator(
             generator_version=__version__, seed=None if use_meta_split else split_seed,
             root=str(root.absolute()), command=command, license="CC BY 4.0 (check the version you use)",
             url="https://doi.org/10.5281/zenodo.6802613",
-            notes=("lobes merged from segmentations/lung_*_lobe_*.nii.gz: LUL 1, LLL 2, RUL 3, RML 4, RLL 5; "
+            notes=("lobes merged from segmentations/lung_*_lobe_*.nii.gz: "
+                   + ", ".join(f"{v} {name}" for v, name in label_map("lobes").short_names().items()) + "; "
                    "overlapping voxels get the lowest label; splits "
                    + ("from meta.csv" if use_meta_split else f"assigned per subject, seed {split_seed}")),
         ),
-        label_map=dict(LOBE_LABELS),
+        label_map=label_map("lobes").names(background=True),
+        label_maps={"lobes": "lobes"},
         cases=cases,
     )
     stats = {"skipped": skipped, "overlap_voxels": overlap_total}

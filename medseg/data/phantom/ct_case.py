@@ -28,12 +28,12 @@ from medseg.data.phantom.acquisition import Acquisition, sample_acquisition
 from medseg.data.phantom.findings import FINDING_KINDS
 from medseg.data.phantom.model import ChestModel, Components, build_chest_model, component_rng
 from medseg.data.phantom.render import PhantomImage, render
-from medseg.data.phantom.shapes import LOBES
 from medseg.data.phantom.tissues import Tissue
 from medseg.io.atomic import write_atomically
 from medseg.io.dicom_write import SeriesInfo, write_ct_series
 from medseg.io.volume import Volume
 from medseg.io.volume_files import write_nifti
+from medseg.labels import label_map
 
 __all__ = ["DEFAULT_FINDING_RATES", "CaseResult", "case_seed", "choose_findings", "synth_ct_case",
            "synth_ct_dataset"]
@@ -44,7 +44,7 @@ DEFAULT_FINDING_RATES = {"nodule": 0.35, "effusion": 0.15, "pneumothorax": 0.08,
                          "consolidation": 0.12, "cardiomegaly": 0.08}
 """Chance that a random synthetic CT case carries each finding."""
 
-LOBE_NAMES = {value: name for name, value in LOBES.items()}
+LOBE_NAMES = label_map("lobes").short_names()
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _case_summary(case_id: str, seed: int, model: ChestModel, acquisition: Acqui
     voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
     counts = np.bincount(image.lobes.reshape(-1) if image.lobes.flags.c_contiguous else image.lobes.ravel(),
                          minlength=6)
-    lobe_ml = {LOBE_NAMES[label]: round(float(counts[label] * voxel_ml), 1) for label in range(1, 6)}
+    lobe_ml = {name: round(float(counts[label] * voxel_ml), 1) for label, name in LOBE_NAMES.items()}
     total = sum(lobe_ml.values())
     lungs = image.lobes > 0
     laa950 = float(np.count_nonzero(lungs & (image.hu < -950)) / max(1, np.count_nonzero(lungs)) * 100.0)
@@ -213,7 +213,7 @@ def synth_ct_dataset(out: str | Path, cases: int, seed: int, *, size: int = 512,
                      progress: Callable[[int, int], None] | None = None) -> Path:
     """Generate `cases` cases under `out` and write `out/manifest.yaml`; returns the manifest path."""
     from medseg import __version__
-    from medseg.data.manifest import LOBE_LABELS, Manifest, Provenance, assign_patient_splits, build_case, save_manifest
+    from medseg.data.manifest import Manifest, Provenance, assign_patient_splits, build_case, save_manifest
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,8 @@ def synth_ct_dataset(out: str | Path, cases: int, seed: int, *, size: int = 512,
         for r in results
     ]
     manifest = Manifest(
-        name=f"medseg-phantom-ct-seed{seed}", task="segmentation", label_map=dict(LOBE_LABELS), cases=records,
+        name=f"medseg-phantom-ct-seed{seed}", task="segmentation", label_map=label_map("lobes").names(background=True),
+        label_maps={"lobes": "lobes", "lungs": "lungs"}, cases=records,
         provenance=Provenance(source="synthetic", generator="medseg synth ct", generator_version=__version__,
                               seed=seed, notes=f"{cases} cases, size {size}, slices {slices or 'varied'}"),
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medseg.data.phantom.tissues import Tissue
+from medseg.labels import label_map
 
 if TYPE_CHECKING:
     from medseg.data.phantom.model import ChestModel
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["FINDING_KINDS", "Consolidation", "Effusion", "Emphysema", "Nodule", "Pneumothorax", "Sphere"]
 
 FINDING_KINDS = ("nodule", "effusion", "pneumothorax", "emphysema", "consolidation", "cardiomegaly")
-_LOBE_NAMES = {1: "LUL", 2: "LLL", 3: "RUL", 4: "RML", 5: "RLL"}
+_LOBE_NAMES = label_map("lobes").short_names()
 _LUNG_CODES = (Tissue.LUNG, Tissue.FISSURE)
 
 

@@ -20,12 +20,12 @@ from medseg.data.phantom.shapes import evaluate_points
 from medseg.data.phantom.tissues import Tissue
 from medseg.data.phantom.trees import Segments
 from medseg.data.phantom.tubes import PaintTarget, fill_painter, paint_capsules, splat_segments
+from medseg.labels import label_map
 
 __all__ = ["Grid", "PhantomImage", "ScannerSettings", "render"]
 
 _SUB_PLANE_MM = 1.6
 _THIN_SLICE_MM = 2.0
-LUNG_LABELS = {1: "right_lung", 2: "left_lung"}
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,15 @@ def render(model: ChestModel, grid: Grid, scanner: ScannerSettings | None = None
             np.clip(np.rint(plane), -1024, 3071, out=plane)
             stored[k] = plane
         slices = stored
-    lungs = np.zeros(slices.shape, dtype=np.uint8).transpose(1, 2, 0)
-    lungs[centre_lobe >= 3] = 1
-    lungs[(centre_lobe >= 1) & (centre_lobe <= 2)] = 2
+    lungs = _lungs_from_lobes(centre_lobe)
     return PhantomImage(hu=slices.transpose(1, 2, 0), lobes=centre_lobe, lungs=lungs, tissue=centre_tissue,
                         affine=grid.affine.copy())
+
+
+def _lungs_from_lobes(lobes: np.ndarray) -> np.ndarray:
+    """The "lungs" label map (right / left lung) from a "lobes" label map, by each lobe's `part_of`."""
+    lungs = label_map("lungs")
+    lookup = np.zeros(256, dtype=np.uint8)
+    for lobe in label_map("lobes").foreground:
+        lookup[lobe.value] = lungs.by_name(lobe.part_of).value  # type: ignore[arg-type, union-attr]
+    return lookup[lobes]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medseg.data.phantom.tissues import Tissue
+from medseg.labels import label_map
 
 if TYPE_CHECKING:
     from medseg.data.phantom.model import ChestModel
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["PointLabels", "cavity_extent", "dome_height", "evaluate_points", "lobe_coordinates", "lobe_labels",
            "mediastinum_half_width", "pleural_space"]
 
-LOBES = {"LUL": 1, "LLL": 2, "RUL": 3, "RML": 4, "RLL": 5}
+LOBES = {label.short: label.value for label in label_map("lobes").foreground}
+"""Lobe abbreviation -> label value, from the registry (`configs/labels/lobes.yaml`)."""
 _BODY_EXPONENT = 2.4
 
 
