@@ -120,10 +120,11 @@ def test_classify_a_manifest_writes_probabilities_calls_and_gradcam(trained: tup
     for row in rows:
         for name in CLASSES:
             assert int(row[f"{name}_call"]) == int(float(row[name]) >= thresholds[name])
-    # the same images through classify as the validation predictions written by training
+    # the same images through classify as the validation predictions written by training: one preprocessing
+    # path (bit-identical model inputs); only the batch composition differs (float summation order, ~1e-7)
     val = {row["image"]: row for row in _read_csv(best.parent / "val_predictions.csv")}
     for row in rows:
-        assert float(row["disc"]) == pytest.approx(float(val[row["image"]]["disc"]), abs=1e-4)
+        assert float(row["disc"]) == pytest.approx(float(val[row["image"]]["disc"]), abs=1e-5)
     cams = sorted((tmp_path / "cam").glob("*.png"))
     assert len(cams) == len(rows)
     panel = np.asarray(Image.open(cams[0]))

@@ -258,27 +258,31 @@ def test_ct_chain_lps_volume_to_ras_at_config_spacing() -> None:
     affine[:3, 3] = [10.0, 20.0, -30.0]
     hu = np.full((1, *shape), -1000.0, dtype=np.float32)
     hu[0, :8] = 500.0  # a block at the patient's right (low i in LPS)
+    mask = np.zeros((1, *shape), dtype=np.uint8)
+    mask[0, 20:40, 10:40, 4:16] = 1  # the "lungs": the crop box is this plus 10 mm, clipped
     chain = build_ct_chain(config)
-    data = chain({"image": MetaTensor(torch.from_numpy(hu), affine=torch.from_numpy(affine))})
+    source = {"image": MetaTensor(torch.from_numpy(hu), affine=torch.from_numpy(affine)),
+              "mask": MetaTensor(torch.from_numpy(mask), affine=torch.from_numpy(affine))}
+    data = chain(source)
     image = data["image"]
-    assert image.shape[0] == len(config.windows)
-    np.testing.assert_allclose(np.diag(image.affine.numpy())[:3], config.spacing, rtol=1e-6)
-    for n_in, s_in, n_out, s_out in zip(shape, spacing, image.shape[1:], config.spacing, strict=True):
-        assert abs(n_out * s_out - n_in * s_in) <= s_out + 1e-6  # within one output voxel
-    profile = image[1, :, image.shape[2] // 2, image.shape[3] // 2]  # wide window along x (R is high index)
-    assert profile[-1] > 0.7 and profile[0] < 0.1  # block now at the high-x end
-    data["pred"] = MetaTensor((image[1:2] > 0.5).float(), meta=dict(image.meta))
+    assert image.shape[0] == 1 and image.dtype == torch.int16  # HU on the model grid; windows come later
+    np.testing.assert_allclose(np.diag(image.affine.numpy())[:3], config.spacing, rtol=0.05)
+    # the box in x: voxels 20-39 of 0.7 mm plus ceil(10 / 0.7) = 15 -> 5..54 (50 voxels = 35 mm, R is high x)
+    assert image.shape[1] == round(50 * 0.7 / config.spacing[0])
+    profile = image[0, :, image.shape[2] // 2, image.shape[3] // 2]
+    assert profile[-1] > 0 and profile[0] == -1000  # the block (source x 5-7, blurred) is now at the high-x end
+    data["pred"] = MetaTensor((image[:1] > 0).to(torch.uint8), meta=dict(image.meta))
     back = Invertd("pred", transform=chain, orig_keys="image", nearest_interp=True)(data)["pred"]
     assert back.shape == (1, *shape)
     np.testing.assert_allclose(back.affine.numpy(), affine, atol=1e-6)
-    assert back[0, :6].min() == 1 and back[0, 10:].max() == 0
+    assert back[0, 5:7].min() == 1 and back[0, 10:].max() == 0 and back[0, :4].max() == 0  # outside the box: 0
 
 
 def test_xray_chain_letterbox_and_clahe() -> None:
     config = load_preprocessing_config(CONFIGS / "cxr.yaml")
     raw = (np.random.default_rng(0).random((1, 300, 200)) * 4095).astype(np.float32)  # portrait, 12-bit
     out = build_xray_chain(config)({"image": raw})["image"]
-    assert tuple(out.shape) == (1, 256, 256) and out.dtype == torch.float32
+    assert tuple(out.shape) == (1, 256, 256) and out.dtype == torch.float16  # what training keeps in memory
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     columns = out[0].amax(dim=0)
     # 300x200 fits as 256x171 (aspect kept), padded with 42 | 43 zero columns

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,42 +176,39 @@ class RadiographClassifier:
     def classify(self, items: Sequence[RadiographInput], *, readers: int = 2, keep_images: bool = False,
                  progress: Callable[[int], None] | None = None) -> Iterator[ClassificationResult]:
         """Results in input order; reading runs `readers` files ahead in threads while the model computes."""
+        from medseg.readahead import read_ahead
+
         if len(items) >= COMPILE_MIN_IMAGES:
             self.compile_for_cpu()
-        def load(item: RadiographInput) -> np.ndarray:
-            return self.prepare(item.path)
+        loads = read_ahead(items, lambda item: self.prepare(item.path), ahead=self.batch_size * 2,
+                           workers=readers)
+        chunk: list[tuple[RadiographInput, np.ndarray | None, str | None]] = []
+        for loaded in loads:
+            error = loaded.error
+            if error is None:
+                chunk.append((loaded.item, loaded.value, None))
+            elif isinstance(error, (MedsegError, OSError, ValueError, RuntimeError)):
+                chunk.append((loaded.item, None, str(error)))
+            else:
+                raise error
+            if len(chunk) == self.batch_size:
+                yield from self._classify_chunk(chunk, keep_images, progress)
+                chunk = []
+        if chunk:
+            yield from self._classify_chunk(chunk, keep_images, progress)
 
-        with ThreadPoolExecutor(max(1, readers), thread_name_prefix="medseg-read") as pool:
-            pending: deque[tuple[RadiographInput, Future]] = deque()
-            queue = iter(items)
-            lookahead = self.batch_size * 2
-
-            def fill() -> None:
-                while len(pending) < lookahead:
-                    item = next(queue, None)
-                    if item is None:
-                        return
-                    pending.append((item, pool.submit(load, item)))
-
-            fill()
-            while pending:
-                chunk: list[tuple[RadiographInput, np.ndarray | None, str | None]] = []
-                while pending and len(chunk) < self.batch_size:
-                    item, future = pending.popleft()
-                    try:
-                        chunk.append((item, future.result(), None))
-                    except (MedsegError, OSError, ValueError, RuntimeError) as exc:
-                        chunk.append((item, None, str(exc)))
-                fill()
-                loaded = [image for _, image, _ in chunk if image is not None]
-                probs = self.predict(np.stack(loaded)) if loaded else np.zeros((0, len(self.classes)))
-                calls = self.calls(probs)
-                row = 0
-                for item, image, error in chunk:
-                    if image is None:
-                        yield ClassificationResult(item, error=error)
-                        continue
-                    yield ClassificationResult(item, probs[row], calls[row], image[0] if keep_images else None)
-                    row += 1
-                if progress is not None:
-                    progress(len(chunk))
+    def _classify_chunk(self, chunk: list[tuple[RadiographInput, np.ndarray | None, str | None]],
+                        keep_images: bool, progress: Callable[[int], None] | None
+                        ) -> Iterator[ClassificationResult]:
+        loaded = [image for _, image, _ in chunk if image is not None]
+        probs = self.predict(np.stack(loaded)) if loaded else np.zeros((0, len(self.classes)))
+        calls = self.calls(probs)
+        row = 0
+        for item, image, error in chunk:
+            if image is None:
+                yield ClassificationResult(item, error=error)
+                continue
+            yield ClassificationResult(item, probs[row], calls[row], image[0] if keep_images else None)
+            row += 1
+        if progress is not None:
+            progress(len(chunk))

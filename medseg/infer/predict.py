@@ -9,18 +9,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-__all__ = ["FlipTTA", "dice_per_class", "pad_to_multiple", "predict_volume", "window_batch"]
+from medseg.errors import InputError
+from medseg.transforms.intensity import HU_RANGE, window_stacks
+from medseg.transforms.stack import SliceStack
 
-_AIR_HU = -1024.0
+__all__ = ["FlipTTA", "dice_per_class", "predict_volume"]
 
-
-def pad_to_multiple(batch: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad the last two axes up to a multiple of `multiple` (bottom/right); returns the original size."""
-    height, width = batch.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h or pad_w:
-        batch = F.pad(batch, (0, pad_w, 0, pad_h), value=value)
-    return batch, (height, width)
+PAD_MULTIPLE = 32
+"""The in-plane size the network needs (its total downsampling factor)."""
 
 
 class FlipTTA:
@@ -57,21 +53,24 @@ def predict_volume(model: nn.Module, image: torch.Tensor, windows: Sequence[tupl
                    progress=None) -> torch.Tensor:
     """Softmax probabilities (C, Z, X, Y) float32 for a slice-major (Z, X, Y) HU volume on the model grid.
 
-    Each slice z is predicted from the `stack` slices around it (edges clamped) windowed to channels.
-    `progress(done, total)` is called after each batch.
+    Slice z is predicted from `window_stacks` of its 2.5D stack (`SliceStack`: the `stack` slices around it,
+    edges clamped), the model input training builds too. In-plane the volume is padded with air (the lowest
+    HU, as training pads its patches) up to a multiple of 32, and the output cropped back. `progress(done,
+    total)` is called after each batch.
     """
     model.eval()
     device = torch.device(device)
-    depth = image.shape[0]
-    half = stack // 2
-    padded = torch.cat([image[:1].expand(half, -1, -1), image, image[-1:].expand(half, -1, -1)]) if half else image
+    image = torch.as_tensor(image)
+    depth, height, width = image.shape
+    if depth == 0:
+        raise InputError("predict_volume needs a volume with at least one slice")
+    padded = F.pad(image, (0, (-width) % PAD_MULTIPLE, 0, (-height) % PAD_MULTIPLE), value=HU_RANGE[0])
+    stacks = SliceStack(stack)(padded.permute(1, 2, 0))                                  # (Z, k, X, Y) view
     output: torch.Tensor | None = None
     use_autocast = device.type == "cuda"
     for start in range(0, depth, batch_size):
         stop = min(depth, start + batch_size)
-        windows_of = torch.stack([padded[z:z + stack] for z in range(start, stop)])      # (B, k, X, Y)
-        batch = window_batch(windows_of, windows)                                          # (B, n*k, X, Y)
-        batch, (height, width) = pad_to_multiple(batch.to(device), 32, 0.0)
+        batch = window_stacks(stacks[start:stop], windows).to(device)                     # (B, n*k, X, Y)
         with torch.autocast(device.type, enabled=use_autocast):
             probs = torch.softmax(model(batch).float(), dim=1)
             if tta is not None:
@@ -83,15 +82,8 @@ def predict_volume(model: nn.Module, image: torch.Tensor, windows: Sequence[tupl
         output[:, start:stop] = probs.transpose(0, 1)
         if progress is not None:
             progress(stop, depth)
-    assert output is not None
+    assert output is not None  # depth > 0
     return output
-
-
-def window_batch(stacks: torch.Tensor, windows: Sequence) -> torch.Tensor:
-    """(B, k, X, Y) HU stacks -> (B, n_windows * k, X, Y) in [0, 1], window-major within each sample."""
-    from medseg.transforms.intensity import window_channels
-
-    return window_channels(stacks.float().transpose(0, 1), windows).transpose(0, 1)
 
 
 def dice_per_class(prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor,

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +18,17 @@ import numpy as np
 import torch
 
 from medseg.errors import ConfigError, InputError
+from medseg.infer.lungmask import LEFT_LUNG, RIGHT_LUNG
 from medseg.io import Volume
-from medseg.transforms.spatial import CropResample, Reorientation, lung_box
+from medseg.labels import from_names, label_map
+from medseg.transforms.chains import build_ct_chain
+from medseg.transforms.config import PreprocessingConfig, preprocessing_config_from_dict
+from medseg.transforms.geometry import ModelGrid
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LobeSegmenter", "SegmentationResult", "segment_files", "segment_lungs"]
 
-RIGHT_LUNG, LEFT_LUNG = 1, 2
 
 
 @dataclass
@@ -57,14 +59,7 @@ def segment_lungs(volume: Volume) -> SegmentationResult:
     labels = lung_mask(volume)
     watch.lap("lung_mask")
     return SegmentationResult(Volume(labels, volume.affine, source=volume.source), watch.timings,
-                              {1: "right_lung", 2: "left_lung"})
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but CUDA is not available (this torch build: "
-                          f"{torch.__version__})")
-    return torch.device(name)
+                              label_map("lungs").names())
 
 
 class LobeSegmenter:
@@ -72,82 +67,73 @@ class LobeSegmenter:
 
     def __init__(self, checkpoint: str | os.PathLike[str], *, device: str = "cpu", batch_size: int = 16,
                  tta: bool = False) -> None:
+        from medseg.device import resolve_device
         from medseg.models import load_checkpoint
 
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model, self.card = load_checkpoint(checkpoint, device=self.device)
         if self.card.task not in ("lobes", "lungs"):
             raise ConfigError(f"model task is {self.card.task!r}, not a lung/lobe segmentation model", checkpoint)
-        prep = self.card.preprocessing
-        self.windows = [(float(w["center"]), float(w["width"])) for w in prep["windows"]]
-        self.stack = int(prep["stack"])
-        self.spacing = [float(s) for s in (self.card.spacing or prep["spacing"])]
-        self.margin_mm = float(prep.get("roi_margin_mm", 10.0))
+        self.preprocessing = _card_preprocessing(self.card, checkpoint)
+        self.chain = build_ct_chain(self.preprocessing)
+        self.windows = [(w.center, w.width) for w in self.preprocessing.windows]
+        self.stack = self.preprocessing.stack
+        self.spacing = None if self.preprocessing.spacing is None else list(self.preprocessing.spacing)
+        self.margin_mm = self.preprocessing.roi_margin_mm
         self.batch_size = batch_size
-        self.labels = {int(k): v for k, v in self.card.labels.items()}
-        self.right = [v for v, name in self.labels.items() if v and "right" in name.lower()]
-        self.left = [v for v, name in self.labels.items() if v and "left" in name.lower()]
+        self.label_map = from_names(self.card.labels, name=self.card.task, where=checkpoint)
+        self.labels = self.label_map.names(background=True)
+        self.right = self.label_map.side("right")
+        self.left = self.label_map.side("left")
+        if not (self.right and self.left):
+            raise ConfigError(f"model labels {self.label_map.names()} do not name structures of both lungs (the "
+                              "lung mask assigns each side's voxels to that side's labels; see configs/labels/)",
+                              checkpoint)
         self.tta = self._flip_tta() if tta else None
 
     def _flip_tta(self):
-        """Left-right flip TTA grouping lobes by their mirror images (needs both sides named)."""
+        """Left-right flip TTA pooling each structure with its mirror image (mirror partners from the registry)."""
         from medseg.infer.predict import FlipTTA
 
-        if not (self.right and self.left):
-            raise ConfigError("flip TTA needs a model whose labels name left and right structures")
-        groups, mirror = [], {0: 0}
-        for value in range(self.card.out_channels):
-            name = self.labels.get(value, "").lower()
-            if value == 0:
-                groups.append(0)
-            else:
-                side = 1 if "right" in name else 3
-                groups.append(side + (1 if "lower" in name else 0))
-        mirror.update({1: 3, 2: 4, 3: 1, 4: 2})
+        groups, mirror = self.label_map.flip_groups(self.card.out_channels)
         return FlipTTA(groups, mirror, axis=-2)
 
     def __call__(self, volume: Volume, progress: Callable[[int, int], None] | None = None) -> SegmentationResult:
         from medseg.infer.lungmask import lung_mask
         from medseg.infer.predict import predict_volume
+        from medseg.transforms.chains import ct_sample
+        from medseg.transforms.geometry import model_grid_slices
 
         watch = _Stopwatch()
         lungs = lung_mask(volume)
         watch.lap("lung_mask")
-        orientation = Reorientation.to_ras(volume.affine, volume.shape)
-        hu = orientation.apply(volume.array)
-        sides = orientation.apply(lungs)
-        spacing = np.linalg.norm(orientation.affine(volume.affine)[:3, :3], axis=0)
-        if not sides.any():
+        if not lungs.any():
             raise InputError("no lungs found (no air-filled region inside the body): is this a chest CT?",
                              volume.source or None)
-        start, stop = lung_box(sides > 0, spacing, self.margin_mm)
-        grid = CropResample.plan(start, stop, spacing, self.spacing)
-        image = grid.image(hu)
+        data = self.chain(ct_sample(volume, mask=lungs))
+        grid = ModelGrid.of(data["image"])
         watch.lap("resample")
-        probs = predict_volume(self.model, image, self.windows, self.stack, batch_size=self.batch_size,
-                               device=self.device, tta=self.tta, progress=progress)
+        probs = predict_volume(self.model, model_grid_slices(data["image"]), self.windows, self.stack,
+                               batch_size=self.batch_size, device=self.device, tta=self.tta, progress=progress)
         watch.lap("model")
         output = np.zeros(volume.shape, dtype=np.uint8)
-        out_view = orientation.apply(output)
-        self._labels_on_source(grid, probs, sides, out_view)
+        region = grid.source_region(output)                 # the chain's box of `output`, RAS order (a view)
+        self._labels_on_source(grid, probs, data["mask"].as_tensor()[0].numpy(), region)
         watch.lap("to_source_grid")
-        _keep_largest_components(out_view[grid.slices()], [v for v in self.labels if v])
+        _keep_largest_components(region, [v for v in self.labels if v])
         watch.lap("postprocess")
         result = Volume(output, volume.affine, source=volume.source)
         return SegmentationResult(result, watch.timings, dict(self.labels))
 
-    def _labels_on_source(self, grid: CropResample, probs: torch.Tensor, sides: np.ndarray,
-                          out_view: np.ndarray) -> None:
+    def _labels_on_source(self, grid: ModelGrid, probs: torch.Tensor, sides: np.ndarray,
+                          region: np.ndarray) -> None:
         """Lung = classical mask (unless the model is sure it is not lung) or the model's own lung; each
-        lung voxel gets the most likely lobe of its side."""
-        x, y, z = grid.slices()
-        crop_sides = sides[x, y, z]
-        crop_out = out_view[x, y, z]
+        lung voxel gets the most likely lobe of its side. `sides` and `region` are the chain's box in RAS order."""
         right = torch.tensor(self.right)
         left = torch.tensor(self.left)
         for k0, values in grid.back_slabs(probs):
             k1 = k0 + values.shape[1]
-            side = torch.from_numpy(np.ascontiguousarray(np.moveaxis(crop_sides[:, :, k0:k1], 2, 0)))
+            side = torch.from_numpy(np.ascontiguousarray(np.moveaxis(sides[:, :, k0:k1], 2, 0)))
             background = values[0]
             lung = ((side > 0) & (background < 0.9)) | (background < 0.5)
             best_right, index_right = values[right].max(0)
@@ -156,7 +142,17 @@ class LobeSegmenter:
             free = torch.where(best_right >= best_left, on_right, on_left)
             label = torch.where(side == RIGHT_LUNG, on_right, torch.where(side == LEFT_LUNG, on_left, free))
             label = torch.where(lung, label, 0).to(torch.uint8)
-            crop_out[:, :, k0:k1] = np.moveaxis(label.numpy(), 0, 2)
+            region[:, :, k0:k1] = np.moveaxis(label.numpy(), 0, 2)
+
+
+def _card_preprocessing(card, checkpoint: str | os.PathLike[str]) -> PreprocessingConfig:
+    """The checkpoint's CT `PreprocessingConfig` (the card's own `spacing` wins, as training recorded it)."""
+    preprocessing = preprocessing_config_from_dict(card.preprocessing, checkpoint)
+    if preprocessing.modality != "ct":
+        raise ConfigError("the checkpoint's preprocessing is not a CT chain", checkpoint)
+    if card.spacing:
+        preprocessing = preprocessing.model_copy(update={"spacing": tuple(float(s) for s in card.spacing)})
+    return preprocessing
 
 
 def _keep_largest_components(labels: np.ndarray, values: Iterable[int], passes: int = 3) -> None:
@@ -188,22 +184,6 @@ def _keep_largest_components(labels: np.ndarray, values: Iterable[int], passes: 
             return
 
 
-def _prefetch(loader: Callable[[Path], Volume], inputs: list[Path]) -> Iterator[tuple[Path, Volume | Exception]]:
-    """Yield (input, volume or the error it raised), loading the next input in a background thread."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        def load(path: Path) -> Volume | Exception:
-            try:
-                return loader(path)
-            except (InputError, OSError) as exc:
-                return exc
-
-        pending = pool.submit(load, inputs[0]) if inputs else None
-        for index, path in enumerate(inputs):
-            volume = pending.result()
-            pending = pool.submit(load, inputs[index + 1]) if index + 1 < len(inputs) else None
-            yield path, volume
-
-
 def segment_files(pairs: list[tuple[Path, Path]], segment: Callable[[Volume], SegmentationResult],
                   loader: Callable[[Path], Volume] | None = None) -> list[tuple[Path, SegmentationResult | Exception]]:
     """Segment many inputs with one loaded model; reading input n+1 overlaps computing input n.
@@ -211,16 +191,18 @@ def segment_files(pairs: list[tuple[Path, Path]], segment: Callable[[Volume], Se
     A failing case is reported in the returned list (its exception) and does not stop the others.
     """
     from medseg.io import load_volume, write_nifti
+    from medseg.readahead import read_ahead
 
     loader = loader or load_volume
     outputs = dict(pairs)
     results: list[tuple[Path, SegmentationResult | Exception]] = []
-    for path, volume in _prefetch(loader, [p for p, _ in pairs]):
-        if isinstance(volume, Exception):
-            results.append((path, volume))
+    for loaded in read_ahead([p for p, _ in pairs], loader, thread_name="medseg-segment-read"):
+        path, error = loaded.item, loaded.error
+        if isinstance(error, (InputError, OSError)):
+            results.append((path, error))
             continue
         try:
-            result = segment(volume)
+            result = segment(loaded.value)
             started = time.perf_counter()
             write_nifti(result.labels, outputs[path], label=True)
             result.timings["write"] = time.perf_counter() - started

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,22 +72,23 @@ def _cache_key(paths: Sequence[Path], preprocessing: dict[str, Any]) -> str:
 
 def preprocess_images(paths: Sequence[Path], preprocessing, *, threads: int = 2, progress: bool = True,
                       description: str = "preprocessing radiographs") -> np.ndarray:
-    """`(N, H, W)` float16: each file read and put through the X-ray chain of `preprocessing`."""
-    from rich.progress import Progress
-
+    """`(N, H, W)` float16: each file read and put through the X-ray chain of `preprocessing` (whose output is
+    float16-valued, so this is the exact model input `medseg classify` builds for the same file)."""
+    from medseg.progress import progress_bar
+    from medseg.readahead import read_ahead
     from medseg.transforms.chains import build_xray_chain, prepare_radiograph
 
     chain = build_xray_chain(preprocessing)
+    threads = max(1, threads)
 
     def one(path: Path) -> np.ndarray:
         return prepare_radiograph(path, chain)[0].astype(np.float16)
 
     out: list[np.ndarray] = []
-    with ThreadPoolExecutor(max(1, threads)) as pool, Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task(description, total=len(paths))
-        for image in pool.map(one, paths):
-            out.append(image)
-            bar.advance(task)
+    with progress_bar(len(paths), description, enabled=progress) as advance:
+        for loaded in read_ahead(paths, one, ahead=2 * threads, workers=threads):
+            out.append(loaded.value)
+            advance()
     return np.stack(out) if out else np.zeros((0, *preprocessing.image_size), dtype=np.float16)
 
 

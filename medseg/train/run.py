@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.errors import ConfigError
+from medseg.device import resolve_device
 from medseg.train.config import TrainConfig
 from medseg.train.trainer import LoopSettings
 
@@ -27,16 +27,6 @@ def load_preprocessing(source: Path | dict[str, Any]):
     if isinstance(source, dict):
         return validate_config(PreprocessingConfig, source, "preprocessing")
     return load_preprocessing_config(source)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; an explicit cuda without CUDA is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 __all__ = ["train_segmentation"]
 
 
-def _cases(config: TrainConfig, splits: list[str], preprocessing, cache_dir: Path) -> list[CachedCase]:
+def _cases(config: TrainConfig, splits: list[str], preprocessing, cache_dir: Path, progress: bool = True
+           ) -> list[CachedCase]:
     from medseg.data.manifest import load_manifest, resolve_path
+    from medseg.progress import progress_bar
 
     manifest = load_manifest(config.data.manifest)
     base = Path(config.data.manifest).parent
@@ -31,17 +33,14 @@ def _cases(config: TrainConfig, splits: list[str], preprocessing, cache_dir: Pat
         raise ConfigError(f"no cases in splits {splits} (splits present: "
                           f"{sorted({str(c.split) for c in manifest.cases})})", config.data.manifest)
     cases = []
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(f"preparing {'/'.join(splits)} cases", total=len(chosen))
+    with progress_bar(len(chosen), f"preparing {'/'.join(splits)} cases", enabled=progress) as advance:
         for record in chosen:
             if config.data.label not in record.labels:
                 raise ConfigError(f"case {record.case_id} has no label {config.data.label!r}", config.data.manifest)
             cases.append(cache_case(record.case_id, resolve_path(base, record.image),
                                     resolve_path(base, str(record.labels[config.data.label])),
-                                    preprocessing.spacing, preprocessing.roi_margin_mm, cache_dir))
-            bar.advance(task)
+                                    preprocessing, cache_dir))
+            advance(info=record.case_id)
     return cases
 
 
@@ -70,13 +69,13 @@ class _Batches:
         self.windows = [(w.center, w.width) for w in preprocessing.windows]
 
     def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from medseg.infer.predict import window_batch
+        from medseg.transforms.intensity import window_stacks
 
         sampler = SliceSampler(self.cases, self.preprocessing.stack, self.patch, seed=self.seed * 1000 + epoch)
         self.augment.set_random_state(seed=self.seed * 1000 + epoch)
         while True:
             stacks, labels = zip(*(sampler.sample() for _ in range(self.batch_size)), strict=True)
-            images = window_batch(torch.from_numpy(np.stack(stacks)), self.windows)
+            images = window_stacks(torch.from_numpy(np.stack(stacks)), self.windows)
             label_tensor = torch.from_numpy(np.stack(labels)[:, None].astype(np.int64))
             out_images, out_labels = [], []
             for image, label in zip(images, label_tensor, strict=True):
@@ -129,8 +128,8 @@ def train_segmentation(config: TrainConfig, *, resume: bool = False, progress: b
         raise ConfigError("segmentation training needs a CT preprocessing config with a target spacing")
 
     labels = _label_map(config)
-    train_cases = _cases(config, config.data.train_splits, preprocessing, cache_dir)
-    val_cases = _cases(config, config.data.val_splits, preprocessing, cache_dir)
+    train_cases = _cases(config, config.data.train_splits, preprocessing, cache_dir, progress)
+    val_cases = _cases(config, config.data.val_splits, preprocessing, cache_dir, progress)
     log.info("training on %d cases, validating on %d", len(train_cases), len(val_cases))
 
     architecture_args = {"in_channels": preprocessing.in_channels, "out_channels": max(labels) + 1,

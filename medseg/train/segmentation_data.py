@@ -1,9 +1,10 @@
 """Training data for 2.5D volume segmentation: cases cached on the model grid, slices sampled from them.
 
-Each case is read once (DICOM or NIfTI + label map), reoriented to RAS, cropped to its labelled lungs plus
-a margin and resampled to the model spacing exactly as inference does (`medseg.transforms.spatial`). The
-result is cached as `.npz` keyed by the source files and the preprocessing, so epochs after the first (and
-later runs) never re-read DICOM.
+Each case is read once (DICOM or NIfTI + label map) and put through THE CT chain (`build_ct_chain`: crop to
+the classical lung mask plus a margin, RAS, model spacing, int16 HU), exactly as inference does, so a slice's
+model input is bit-identical to the one `medseg segment` builds for the same scan. The result is cached as
+`.npz` keyed by the source files and the preprocessing, so epochs after the first (and later runs) never
+re-read DICOM.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from medseg.errors import ConfigError, InputError
-from medseg.transforms.spatial import CropResample, Reorientation, lung_box
+from medseg.transforms.config import PreprocessingConfig
+from medseg.transforms.stack import SliceStack
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CachedCase", "SliceSampler", "cache_case", "stack_slices"]
+__all__ = ["CachedCase", "SliceSampler", "cache_case", "fit_to_patch"]
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
+"""3: the crop box is the classical lung mask's (as in inference), not the label map's."""
 
 
 @dataclass
@@ -54,15 +56,17 @@ def _cache_key(image: Path, label: Path, spacing: Sequence[float], margin_mm: fl
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def cache_case(case_id: str, image: Path, label: Path, spacing: Sequence[float], margin_mm: float,
+def cache_case(case_id: str, image: Path, label: Path, preprocessing: PreprocessingConfig,
                cache_dir: Path | None) -> CachedCase:
     """Load (or read from the cache) one case resampled onto the model grid."""
-    key = _cache_key(image, label, spacing, margin_mm)
+    if preprocessing.spacing is None:
+        raise ConfigError("segmentation training needs a CT preprocessing config with a target spacing")
+    key = _cache_key(image, label, preprocessing.spacing, preprocessing.roi_margin_mm)
     cached = cache_dir / f"{case_id}-{key}.npz" if cache_dir else None
     if cached and cached.exists():
         with np.load(cached) as data:
             return CachedCase(case_id, data["image"], data["label"])
-    case = _prepare(case_id, image, label, spacing, margin_mm)
+    case = _prepare(case_id, image, label, preprocessing)
     if cached:
         cached.parent.mkdir(parents=True, exist_ok=True)
         temporary = cached.with_name(f".{cached.name}.tmp-{os.getpid()}.npz")
@@ -71,30 +75,25 @@ def cache_case(case_id: str, image: Path, label: Path, spacing: Sequence[float],
     return case
 
 
-def _prepare(case_id: str, image_path: Path, label_path: Path, spacing: Sequence[float],
-             margin_mm: float) -> CachedCase:
+def _prepare(case_id: str, image_path: Path, label_path: Path, preprocessing: PreprocessingConfig) -> CachedCase:
+    from medseg.infer.lungmask import lung_mask
     from medseg.io import load_volume
+    from medseg.transforms.chains import build_ct_chain, ct_sample
+    from medseg.transforms.geometry import model_grid_slices
 
     image = load_volume(image_path)
     label = load_volume(label_path)
     if image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-3):
         raise InputError(f"label map {label_path} is not on the image's grid ({label.shape} vs {image.shape})",
                          image_path)
-    orientation = Reorientation.to_ras(image.affine, image.shape)
-    hu = orientation.apply(image.array)
-    labels = orientation.apply(np.asarray(label.array))
-    source_spacing = np.linalg.norm(orientation.affine(image.affine)[:3, :3], axis=0)
-    start, stop = lung_box(labels > 0, source_spacing, margin_mm)
-    grid = CropResample.plan(start, stop, source_spacing, spacing)
-    resampled = grid.image(hu).round().clamp(-1024, 3071).to(torch.int16).numpy()
-    return CachedCase(case_id, resampled, grid.labels(labels).numpy())
-
-
-def stack_slices(image: np.ndarray, index: int, k: int) -> np.ndarray:
-    """The 2.5D stack of slice `index` of a slice-major (Z, X, Y) array, edges clamped: (k, X, Y)."""
-    from medseg.transforms.stack import slice_stack_indices
-
-    return image[slice_stack_indices(index, k, image.shape[0])]
+    labels = np.asarray(label.array).astype(np.uint8, copy=False)
+    box = lung_mask(image)
+    if not box.any():  # inference refuses such a scan; train on the labelled box rather than drop the case
+        log.warning("%s: the lung mask is empty; cropping to the label map instead", image_path)
+        box = labels
+    out = build_ct_chain(preprocessing, label_key="label")(ct_sample(image, label=labels, mask=box))
+    return CachedCase(case_id, np.ascontiguousarray(model_grid_slices(out["image"]).numpy()),
+                      np.ascontiguousarray(model_grid_slices(out["label"]).numpy()))
 
 
 class SliceSampler:
@@ -104,21 +103,28 @@ class SliceSampler:
         if not cases:
             raise ConfigError("no training cases")
         self.cases = list(cases)
-        self.stack = stack
+        self._stack = SliceStack(stack)
         self.patch = tuple(int(p) for p in patch)
         self.rng = np.random.default_rng(seed)
         self._weights = [c.slice_weights / c.slice_weights.sum() for c in self.cases]
         sizes = np.array([c.image.shape[0] for c in self.cases], dtype=np.float64)
         self._case_p = sizes / sizes.sum()
 
+    def draw(self) -> tuple[int, int]:
+        """The next (case, slice) to sample."""
+        n = int(self.rng.choice(len(self.cases), p=self._case_p))
+        return n, int(self.rng.choice(self.cases[n].image.shape[0], p=self._weights[n]))
+
+    def take(self, case_index: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (k, H, W) int16 HU 2.5D stack of one slice (`SliceStack`, as inference) and its (H, W) labels,
+        fitted to the patch size."""
+        case = self.cases[case_index]
+        stack = self._stack(np.moveaxis(case.image, 0, -1), index=index)   # (k, X, Y)
+        return fit_to_patch(stack, case.label[index], self.patch, self.rng)
+
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One (k, H, W) int16 HU stack and its (H, W) label slice."""
-        n = self.rng.choice(len(self.cases), p=self._case_p)
-        case = self.cases[n]
-        index = int(self.rng.choice(case.image.shape[0], p=self._weights[n]))
-        stack = stack_slices(case.image, index, self.stack)
-        label = case.label[index]
-        return fit_to_patch(stack, label, self.patch, self.rng)
+        return self.take(*self.draw())
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         while True:

@@ -1,7 +1,8 @@
 """MONAI transforms and preprocessing chains configured from `configs/preprocessing/*.yaml`.
 
 Array transforms (`HUWindow`, `CLAHE`, `SliceStack`) have dict wrappers with a `d` suffix. Arrays are
-channel-first `(C, H, W)` or `(C, H, W, D)`, numpy or torch; CT arrays hold Hounsfield units.
+channel-first `(C, H, W)` or `(C, H, W, D)`, numpy or torch; CT arrays hold Hounsfield units. The CT chain's
+invertible exact-geometry transforms (`CropToMaskd`, `ReorientToRASd`, `ResampleToSpacingd`) are in `geometry`.
 """
 
 from medseg.transforms.augment import (
@@ -22,7 +23,8 @@ from medseg.transforms.config import (
     load_preprocessing_config,
     preprocessing_config_from_dict,
 )
-from medseg.transforms.intensity import HUWindow, HUWindowd, window_channels
+from medseg.transforms.geometry import CropToMaskd, ModelGrid, ReorientToRASd, ResampleToSpacingd
+from medseg.transforms.intensity import HUWindow, HUWindowd, RoundHUd, window_channels, window_stacks
 from medseg.transforms.stack import SliceStack, slice_stack
 
 __all__ = [
@@ -31,11 +33,16 @@ __all__ = [
     "AugmentationConfig",
     "CLAHEd",
     "ClaheConfig",
+    "CropToMaskd",
     "FitResized",
     "HUWindow",
     "HUWindowd",
+    "ModelGrid",
     "PreprocessingConfig",
     "RandFlipSwapLabelsd",
+    "ReorientToRASd",
+    "ResampleToSpacingd",
+    "RoundHUd",
     "SingleThreadCompose",
     "SliceStack",
     "WindowConfig",
@@ -50,4 +57,5 @@ __all__ = [
     "segmentation_augmentation",
     "slice_stack",
     "window_channels",
+    "window_stacks",
 ]

@@ -1,17 +1,22 @@
-"""Whole-image preprocessing chains (MONAI dict `Compose`) built from a `PreprocessingConfig`.
+"""The one preprocessing chain per modality (MONAI dict `Compose`), built from a `PreprocessingConfig`.
 
-CT: `{"image": (1, H, W, D) MetaTensor in HU with its RAS affine}` -> `Orientationd("RAS")` ->
-`Spacingd(config.spacing)` -> `HUWindowd(config.windows)` = `(len(windows), H', W', D')` float32 in [0, 1].
-Orientationd and Spacingd are invertible and record themselves on the MetaTensor; `HUWindowd` changes
-intensities only and keeps that record. So a prediction made on the chain's grid maps back to the scan with
-`Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=True)` (or `chain.inverse(...)`).
-2.5D stacks (`SliceStack(config.stack)`) and ROI cropping (`roi_margin_mm`) happen after this chain.
+CT: `{"image": (1, X, Y, Z) HU, "mask": lung mask, ["label": label map]}` (MetaTensors with the scan's RAS+
+affine, `ct_sample`) -> `CropToMaskd` (box of mask > 0 plus `roi_margin_mm`) -> `ReorientToRASd` (exact axis
+permutes/flips) -> `ResampleToSpacingd(config.spacing)` (half-pixel-centred; anti-aliased trilinear for the
+image, nearest for the label) -> `RoundHUd` (image rounded to int16 HU in `HU_RANGE`). Output: `(1, X', Y', Z')`
+on the model grid, with its affine and the applied operations recorded, so a prediction goes back to the scan
+with `Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=True)` (or `chain.inverse`), and
+inference maps probabilities back slab by slab with `ModelGrid.of(image)`. Training (`medseg.train.
+segmentation_data`, which caches the int16 result) and inference (`medseg.infer.segment`) both build this chain
+from the checkpoint's config, with the same classical lung mask as box; the model input is then
+`intensity.window_stacks` of `stack.SliceStack` 2.5D stacks, also shared.
 
 X-ray: `{"image": (1, H, W) float}` (raw detector values, as `read_radiograph` gives) -> min-max scale to
 [0, 1] -> resize keeping the aspect ratio so the image fits `image_size` -> CLAHE (before padding, so the
-padding does not enter the tile histograms) -> zero-pad (centred) to `image_size`. Output `(1, *image_size)`
-float32 in [0, 1]. Keeping the aspect ratio (letterbox) rather than stretching keeps anatomical proportions
-the same for square (NIH) and portrait (CheXpert) detectors. The X-ray chain is not meant to be inverted.
+padding does not enter the tile histograms) -> zero-pad (centred) to `image_size` -> rounded to float16 (what
+the training set keeps in memory). Output `(1, *image_size)` in [0, 1]. Keeping the aspect ratio (letterbox)
+rather than stretching keeps anatomical proportions the same for square (NIH) and portrait (CheXpert)
+detectors. `prepare_radiograph` is the single entry for training and inference. Not meant to be inverted.
 """
 
 from __future__ import annotations
@@ -20,51 +25,61 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, Orientationd, Resize, ScaleIntensityd, Spacingd, SpatialPadd
+from monai.transforms import CastToTyped, Compose, MapTransform, Resize, ScaleIntensityd, SpatialPadd
 
 from medseg.errors import ConfigError, InputError
 from medseg.transforms.clahe import CLAHEd
 from medseg.transforms.config import PreprocessingConfig
-from medseg.transforms.intensity import HUWindowd
+from medseg.transforms.geometry import CropToMaskd, ReorientToRASd, ResampleToSpacingd
+from medseg.transforms.intensity import RoundHUd
 
-__all__ = ["RAS_LABELS", "FitResized", "build_ct_chain", "build_xray_chain", "ct_sample", "fit_size",
-           "prepare_radiograph"]
-
-RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-"""Axis labels for Orientationd: medseg affines are RAS+ (NIfTI convention), as `Volume.affine`."""
+__all__ = ["FitResized", "build_ct_chain", "build_xray_chain", "ct_sample", "fit_size", "prepare_radiograph"]
 
 
-def ct_sample(volume: Any, key: str = "image") -> dict[str, MetaTensor]:
-    """`{key: (1, H, W, D) MetaTensor}` from a `medseg.io.volume.Volume` (array in HU, RAS affine)."""
+def ct_sample(volume: Any, key: str = "image", **others: Any) -> dict[str, MetaTensor]:
+    """`{key: (1, X, Y, Z) MetaTensor}` from a `medseg.io.volume.Volume` (array in HU, RAS affine), plus each of
+    `others` (arrays on the same grid, e.g. `mask=lung_mask(volume)`) under its own key. No copies."""
     array = np.asarray(volume.array)
     if array.ndim != 3:
         raise InputError(f"a CT volume must be 3D, got shape {array.shape}", getattr(volume, "source", None) or None)
-    return {key: MetaTensor(array[None], affine=np.asarray(volume.affine, dtype=np.float64))}
+    affine = torch.as_tensor(np.asarray(volume.affine, dtype=np.float64))
+    sample = {key: MetaTensor(_tensor(array)[None], affine=affine)}
+    for name, other in others.items():
+        other = np.asarray(other)
+        if other.shape != array.shape:
+            raise InputError(f"{name} {other.shape} is not on the volume's grid {array.shape}",
+                             getattr(volume, "source", None) or None)
+        sample[name] = MetaTensor(_tensor(other)[None], affine=affine.clone())
+    return sample
 
 
-def build_ct_chain(config: PreprocessingConfig, image_key: str = "image", label_key: str | None = None) -> Compose:
-    """RAS orientation, resampling to `config.spacing` (skipped when None) and HU windowing.
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing `array`'s memory where torch allows it (no negative strides, writable)."""
+    if array.flags.writeable and all(s >= 0 for s in array.strides):
+        return torch.from_numpy(array)
+    return torch.from_numpy(np.ascontiguousarray(array))
 
-    The image is resampled bilinearly, a `label_key` (optional, `(1, H, W, D)` on the same grid) with
-    nearest neighbour; only the image is windowed.
-    """
+
+def build_ct_chain(config: PreprocessingConfig, image_key: str = "image", label_key: str | None = None,
+                   box_key: str | None = "mask") -> Compose:
+    """Crop to the `box_key` mask's box (+ `roi_margin_mm`; None: no crop), RAS, `config.spacing` (None keeps
+    the spacing), int16 HU. `label_key` (optional) follows the image with nearest-neighbour resampling; the box
+    key is cropped and reoriented (kept at source resolution)."""
     if config.modality != "ct":
         raise ConfigError(f"build_ct_chain needs a CT config, got modality {config.modality!r}")
-    keys = [image_key] if label_key is None else [image_key, label_key]
-    chain: list[Any] = [Orientationd(keys, axcodes="RAS", labels=RAS_LABELS)]
-    if config.spacing is not None:
-        chain.append(
-            Spacingd(
-                keys,
-                pixdim=config.spacing,
-                mode=("bilinear", "nearest")[: len(keys)],
-                padding_mode=("border", "zeros")[: len(keys)],
-                dtype=np.float32,
-            )
-        )
-    chain.append(HUWindowd(image_key, config.windows))
+    resampled = [image_key] if label_key is None else [image_key, label_key]
+    spatial = resampled if box_key is None else [*resampled, box_key]
+    chain: list[Any] = []
+    if box_key is not None:
+        chain.append(CropToMaskd(spatial, box_key, config.roi_margin_mm))
+    chain += [
+        ReorientToRASd(spatial),
+        ResampleToSpacingd(resampled, config.spacing, label_keys=[] if label_key is None else [label_key]),
+        RoundHUd(image_key),
+    ]
     return Compose(chain)
 
 
@@ -100,7 +115,7 @@ class FitResized(MapTransform):
 
 
 def build_xray_chain(config: PreprocessingConfig, image_key: str = "image") -> Compose:
-    """Min-max scaling to [0, 1], letterbox resize to `config.image_size`, optional CLAHE (see module doc)."""
+    """Min-max scaling to [0, 1], letterbox resize to `config.image_size`, optional CLAHE, float16 (module doc)."""
     if config.modality != "xray":
         raise ConfigError(f"build_xray_chain needs an X-ray config, got modality {config.modality!r}")
     chain: list[Any] = [ScaleIntensityd(image_key, minv=0.0, maxv=1.0)]
@@ -110,14 +125,15 @@ def build_xray_chain(config: PreprocessingConfig, image_key: str = "image") -> C
         chain.append(CLAHEd(image_key, config.clahe.clip_limit, config.clahe.tile_grid, config.clahe.bits))
     if config.image_size is not None:
         chain.append(SpatialPadd(image_key, config.image_size, method="symmetric", mode="constant", value=0.0))
+    chain.append(CastToTyped(image_key, dtype=torch.float16))
     return Compose(chain)
 
 
 def prepare_radiograph(source: Any, chain: Compose) -> np.ndarray:
     """`(1, H, W)` float32 model input from a radiograph file path, a `Radiograph` or a 2D array.
 
-    Training (`medseg train`) and inference (`medseg classify`) both go through here, so the two see the same
-    pixels for the same file.
+    Training (`medseg train`, which keeps the float16 values) and inference (`medseg classify`) both go through
+    here, so the two see bit-identical pixels for the same file.
     """
     import os
 

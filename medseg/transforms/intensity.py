@@ -13,7 +13,11 @@ from monai.utils import TransformBackends, convert_to_dst_type
 
 from medseg.errors import ConfigError
 
-__all__ = ["HUWindow", "HUWindowd", "WindowLike", "window_bounds", "window_channels"]
+__all__ = ["HU_RANGE", "HUWindow", "HUWindowd", "RoundHUd", "WindowLike", "window_bounds", "window_channels",
+           "window_stacks"]
+
+HU_RANGE = (-1024, 3071)
+"""The HU values a model grid holds: resampled HU are rounded to integers and clamped to this (12-bit) range."""
 
 WindowLike = Any
 """A `WindowConfig` (anything with `.center` and `.width`), or a `(center, width)` pair."""
@@ -107,4 +111,27 @@ class HUWindowd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.window(d[key])
+        return d
+
+
+def window_stacks(stacks: torch.Tensor, windows: Sequence[WindowLike]) -> torch.Tensor:
+    """THE model input of a CT model: (B, k, X, Y) HU 2.5D stacks -> (B, len(windows) * k, X, Y) in [0, 1],
+    window-major within each sample (`out[b, w * k + j]` is window w of slice j). Training and inference both
+    call this, so the same HU give bit-identical inputs."""
+    return window_channels(stacks.transpose(0, 1), windows).transpose(0, 1)
+
+
+class RoundHUd(MapTransform):
+    """Round resampled HU to integers and clamp them to `HU_RANGE`: int16 out (metadata kept).
+
+    The last step of the CT chain, so that the training cache (int16 on disk) and inference hold the same values.
+    """
+
+    backend = (TransformBackends.TORCH,)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            d[key] = torch.round(torch.as_tensor(value)).clamp_(*HU_RANGE).to(torch.int16)
         return d

@@ -1,11 +1,13 @@
-"""Exact-geometry spatial steps shared by training and inference.
+"""Exact-geometry math of the CT chain: RAS reorientation, the mask box and the half-pixel-centred resample.
 
-A source volume goes to the model grid in two steps, both invertible without loss of alignment:
+A source volume goes to the model grid in three steps, each invertible without loss of alignment (the MONAI
+transforms around this math are in `medseg.transforms.geometry`):
 
-1. `Reorientation`: axis permutation + flips to RAS order (a view; no interpolation).
-2. `CropResample`: crop a box (the lungs plus a margin) and resample it to the model's spacing with
-   torch's half-pixel-centred interpolation, so that index `d` on the model grid sits at crop index
-   `(d + 0.5) * n_src / n_dst - 0.5`, and the inverse interpolation maps back exactly.
+1. crop to `lung_box` (the lungs plus a margin in mm): index slicing, no interpolation;
+2. `Reorientation`: axis permutation + flips to RAS order, no interpolation;
+3. `Resampling`: resample to the model's spacing with torch's half-pixel-centred interpolation, so that index
+   `d` on the model grid sits at source index `(d + 0.5) * n_src / n_dst - 0.5`, and the inverse interpolation
+   maps back exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-__all__ = ["CropResample", "Reorientation", "lung_box"]
+__all__ = ["Reorientation", "Resampling", "lung_box"]
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,28 @@ class Reorientation:
         return cls(orientations.io_orientation(np.asarray(affine)), tuple(int(n) for n in shape))
 
     def apply(self, array: np.ndarray) -> np.ndarray:
-        """The array in RAS order (a view of `array`; its last 3 axes are the spatial ones)."""
+        """The array in RAS order (a view of `array`; its first 3 axes are the spatial ones)."""
         from nibabel import orientations
 
         return orientations.apply_orientation(array, self.ornt)
 
     def undo(self, array: np.ndarray) -> np.ndarray:
-        """Inverse of `apply`: a RAS-ordered array back to the source axis order (a view)."""
+        """Inverse of `apply`: a RAS-ordered array (first 3 axes spatial) back to the source axis order (a view)."""
         from nibabel import orientations
 
         return orientations.apply_orientation(array, self._inverse())
+
+    def undo_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`undo` for a torch tensor whose last 3 axes are spatial (flips copy: torch has no negative strides)."""
+        inverse = self._inverse()                # row r: (source axis, flip) of RAS axis r
+        lead = tensor.ndim - 3
+        flips = [lead + ras_axis for ras_axis, (_, flip) in enumerate(inverse) if flip < 0]
+        if flips:
+            tensor = tensor.flip(flips)
+        order = [0, 0, 0]
+        for ras_axis, (source_axis, _) in enumerate(inverse):
+            order[int(source_axis)] = ras_axis
+        return tensor.permute(*range(lead), *(lead + axis for axis in order))
 
     def affine(self, affine: np.ndarray) -> np.ndarray:
         """Voxel-to-world affine of the reoriented array."""
@@ -75,56 +89,55 @@ def lung_box(mask: np.ndarray, spacing: Sequence[float], margin_mm: float) -> tu
 
 
 @dataclass(frozen=True)
-class CropResample:
-    """A crop box in a (RAS-ordered) array and the model-grid shape it is resampled to."""
+class Resampling:
+    """An (X, Y, Z) grid resampled to `out_shape` (the model grid); each grid spans the same box."""
 
-    start: tuple[int, int, int]
-    stop: tuple[int, int, int]
+    in_shape: tuple[int, int, int]
     out_shape: tuple[int, int, int]
 
     @classmethod
-    def plan(cls, start: Sequence[int], stop: Sequence[int], spacing: Sequence[float],
-             target_spacing: Sequence[float]) -> CropResample:
-        size = [b - a for a, b in zip(start, stop, strict=True)]
-        out = tuple(max(1, round(n * s / t)) for n, s, t in zip(size, spacing, target_spacing, strict=True))
-        return cls(tuple(int(a) for a in start), tuple(int(b) for b in stop), out)  # type: ignore[arg-type]
-
-    @property
-    def crop_shape(self) -> tuple[int, int, int]:
-        return tuple(b - a for a, b in zip(self.start, self.stop, strict=True))  # type: ignore[return-value]
+    def plan(cls, shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float] | None
+             ) -> Resampling:
+        """The model grid of a `shape` array with voxel `spacing` at `target_spacing` (None: unchanged)."""
+        target = spacing if target_spacing is None else target_spacing
+        out = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+        return cls(tuple(int(n) for n in shape), out)  # type: ignore[arg-type]
 
     @property
     def scale(self) -> np.ndarray:
         """Source voxels per model-grid voxel along each axis."""
-        return np.array(self.crop_shape, dtype=np.float64) / np.array(self.out_shape, dtype=np.float64)
+        return np.array(self.in_shape, dtype=np.float64) / np.array(self.out_shape, dtype=np.float64)
 
-    def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True))  # type: ignore[return-value]
-
-    def affine(self, source_affine: np.ndarray) -> np.ndarray:
-        """Voxel-to-world affine of the model grid (exactly what the interpolation does)."""
+    def index_map(self) -> np.ndarray:
+        """4x4 map from model-grid indices to source indices (exactly what the interpolation does)."""
         scale = self.scale
         index_map = np.eye(4)
         index_map[:3, :3] = np.diag(scale)
-        index_map[:3, 3] = np.array(self.start) + 0.5 * scale - 0.5
-        return np.asarray(source_affine) @ index_map
+        index_map[:3, 3] = 0.5 * scale - 0.5
+        return index_map
 
-    def image(self, array: np.ndarray, smooth: bool = True) -> torch.Tensor:
-        """Crop and resample an (X, Y, Z) intensity array (trilinear): a slice-major (Z', X', Y') float32 tensor.
+    def affine(self, source_affine: np.ndarray) -> np.ndarray:
+        """Voxel-to-world affine of the model grid."""
+        return np.asarray(source_affine) @ self.index_map()
+
+    def image(self, slices: torch.Tensor, smooth: bool = True) -> torch.Tensor:
+        """Resample a slice-major (Z, X, Y) intensity tensor (trilinear): (Z', X', Y') float32.
 
         With `smooth`, in-plane axes shrunk by 1.5x or more are first low-pass filtered (Gaussian,
-        sigma = 0.4 x the shrink factor) so downsampling does not alias noise.
+        sigma = 0.4 x the shrink factor) so downsampling does not alias noise. The input is not modified.
         """
-        crop = _slice_major(array[self.slices()], np.float32)
+        source = slices.numpy() if isinstance(slices, torch.Tensor) else np.asarray(slices)
         sigma = [0.4 * s if s >= 1.5 else 0.0 for s in self.scale[:2]]
         if smooth and any(sigma):
+            crop = np.array(source, dtype=np.float32, order="C")   # a float32 copy of our own, blurred in place
             _blur_planes(crop, sigma)
+        else:
+            crop = np.ascontiguousarray(source, np.float32)
         return self._resample(torch.from_numpy(crop), "trilinear")
 
-    def labels(self, array: np.ndarray) -> torch.Tensor:
-        """Crop and resample an (X, Y, Z) label map (nearest voxel centre): slice-major (Z', X', Y') uint8."""
-        crop = torch.from_numpy(_slice_major(array[self.slices()], np.uint8))
-        return self._resample(crop.float(), "nearest-exact").to(torch.uint8)
+    def labels(self, slices: torch.Tensor) -> torch.Tensor:
+        """Resample a slice-major (Z, X, Y) label map (nearest voxel centre): (Z', X', Y') uint8."""
+        return self._resample(torch.as_tensor(slices).float(), "nearest-exact").to(torch.uint8)
 
     def _resample(self, crop: torch.Tensor, mode: str) -> torch.Tensor:
         nx, ny, nz = self.out_shape
@@ -133,13 +146,23 @@ class CropResample:
         kwargs = {} if mode.startswith("nearest") else {"align_corners": False}
         return F.interpolate(crop[None, None], size=(nz, nx, ny), mode=mode, **kwargs)[0, 0]
 
-    def back_slabs(self, grid: torch.Tensor, slab: int = 16) -> Iterator[tuple[int, torch.Tensor]]:
-        """Resample a slice-major (C, Z', X', Y') model-grid tensor back onto the crop, a slab at a time.
+    def back_labels(self, grid: torch.Tensor) -> torch.Tensor:
+        """A slice-major (C, Z', X', Y') model-grid label tensor back on the source grid (nearest voxel centre):
+        (C, Z, X, Y), same dtype."""
+        nx, ny, nz = self.in_shape
+        if tuple(grid.shape[1:]) == (nz, nx, ny):
+            return grid
+        back = F.interpolate(grid[None].float(), size=(nz, nx, ny), mode="nearest-exact")[0]
+        return back.to(grid.dtype)
 
-        Yields (k0, values) with values (C, K, X, Y) for crop slices k0 .. k0+K-1: bilinear in-plane and
+    def back_slabs(self, grid: torch.Tensor, slab: int = 16) -> Iterator[tuple[int, torch.Tensor]]:
+        """Resample a slice-major (C, Z', X', Y') model-grid tensor back onto the source grid, a slab at a time.
+
+        Yields (k0, values) with values (C, K, X, Y) for source slices k0 .. k0+K-1: bilinear in-plane and
         linear across planes, the exact inverse of the forward mapping.
         """
-        nx, ny, nz = self.crop_shape
+        nx, ny, nz = self.in_shape
+        grid = grid.float()
         depth = grid.shape[1]
         position = ((torch.arange(nz, dtype=torch.float64) + 0.5) * (depth / nz) - 0.5).clamp(0, depth - 1)
         below = position.floor().long().clamp(max=depth - 1)
@@ -154,11 +177,6 @@ class CropResample:
             high = planes[above[k0:k1] - first]
             values = torch.lerp(low, high, weight[k0:k1, None, None, None])
             yield k0, values.transpose(0, 1)
-
-
-def _slice_major(crop: np.ndarray, dtype: type) -> np.ndarray:
-    """(X, Y, Z) array -> C-contiguous (Z, X, Y) copy of the given dtype."""
-    return np.ascontiguousarray(np.moveaxis(crop, 2, 0), dtype=dtype)
 
 
 def _blur_planes(volume: np.ndarray, sigma: Sequence[float]) -> None:
