@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from medseg.cli_data import data
+from medseg.cli.data import data
 from medseg.data.manifest import (
     LOBE_LABELS,
     CaseRecord,
@@ -158,7 +158,28 @@ def test_json_schema_file_is_in_sync_with_the_model() -> None:
     committed = json.loads((REPO / "data_manifest/schema/manifest.schema.json").read_text())
     assert committed == manifest_json_schema(), (
         "data_manifest/schema/manifest.schema.json is stale: regenerate it with "
-        "`python -m medseg.cli_data schema --out data_manifest/schema/manifest.schema.json`")
+        "`medseg data schema --out data_manifest/schema/manifest.schema.json`")
+
+
+def test_each_label_file_is_checked_against_its_own_label_map(tmp_path: Path) -> None:
+    from medseg.data.manifest import validate_manifest
+    from medseg.data.phantom.ct_case import synth_ct_dataset
+
+    path = synth_ct_dataset(tmp_path / "d", cases=1, seed=3, size=48, slices=16, findings=[])
+    manifest = load_manifest(path)
+    assert manifest.label_maps == {"lobes": "lobes", "lungs": "lungs"}
+    assert manifest.label_map_for("lungs") == {0: "background", 1: "right_lung", 2: "left_lung"}
+    assert manifest.label_map_for("lobes") == LOBE_LABELS
+    assert validate_manifest(path).ok
+    document = yaml.safe_load(path.read_text())
+    document["label_maps"]["lobes"] = "lungs"           # lobes.nii.gz holds 3-5: not lung values
+    path.write_text(yaml.safe_dump(document))
+    report = validate_manifest(path)
+    assert not report.ok and any("3, 4, 5" in p.message and "lobes.nii.gz" in str(p.path) for p in report.problems)
+    document["label_maps"]["lobes"] = "lobez"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ConfigError, match="unknown label map 'lobez'"):
+        load_manifest(path)
 
 
 def test_lobe_label_map_matches_the_label_config() -> None:
@@ -238,6 +259,43 @@ def test_validate_finds_label_values_outside_the_map(dataset: Path) -> None:
 def test_validate_finds_a_label_off_the_image_grid(dataset: Path) -> None:
     _nifti(dataset.parent / "case_001/lobes.nii.gz", _lobes(), affine=np.diag([1.0, 1.0, 1.0, 1.0]))
     assert _kinds(dataset, check_checksums=False) == [("label_grid", "case_001", "case_001/lobes.nii.gz")]
+
+
+def test_an_unreadable_image_header_is_reported_not_skipped(dataset: Path) -> None:
+    image = dataset.parent / "case_001/ct.nii.gz"
+    image.write_bytes(b"\x1f\x8b not really gzip")         # the label grid cannot be checked against it
+    kinds = _kinds(dataset, check_checksums=False)
+    assert kinds == [("image", "case_001", "case_001/ct.nii.gz")]
+    message = validate_manifest(dataset, check_checksums=False).problems[0].message
+    assert "label grid was not checked" in message
+
+
+def test_progress_bars_only_on_a_terminal_and_for_enough_items(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from medseg.data.manifest import PROGRESS_MIN_ITEMS, progress
+
+    def run(total: int) -> str:
+        with progress(total, "hashing cases") as advance:
+            for _ in range(total):
+                advance()
+        return capsys.readouterr().err
+
+    assert run(PROGRESS_MIN_ITEMS) == ""                                  # not a terminal: no bar
+    monkeypatch.setattr(Console, "is_terminal", property(lambda self: True))
+    assert run(PROGRESS_MIN_ITEMS - 1) == ""                              # too few items: no bar
+    assert "hashing cases" in run(PROGRESS_MIN_ITEMS)
+
+
+def test_manifest_package_keeps_every_public_name() -> None:
+    import medseg.data.manifest as facade
+    from medseg.data.manifest import hashing, schema, splits, storage, validation
+
+    for module in (schema, storage, hashing, splits, validation):
+        for name in module.__all__:
+            assert getattr(facade, name) is getattr(module, name), name
+    assert facade.LOBE_LABELS is schema.LOBE_LABELS
 
 
 def test_validate_finds_patient_leakage_and_duplicate_ids(dataset: Path) -> None:

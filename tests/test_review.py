@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from medseg.cli import main
-from medseg.cli_review import review
+from medseg.cli.review import review
 from medseg.errors import InputError
 from medseg.evaluate.roc import wilson_interval
 from medseg.export.review import (
@@ -297,14 +297,14 @@ def test_xray_case_page_and_sheet(tmp_path: Path) -> None:
 
 
 def test_top_finding_prefers_a_called_class_over_a_higher_uncalled_probability() -> None:
-    from medseg.export.review import _Case, _top_finding
+    from medseg.export.review.records import ReviewCase, top_finding
 
-    def case(probabilities: dict, calls: dict) -> _Case:
-        return _Case(Path("c"), {"case_id": "c", "summary": {"probabilities": probabilities, "calls": calls}},
+    def case(probabilities: dict, calls: dict) -> ReviewCase:
+        return ReviewCase(Path("c"), {"case_id": "c", "summary": {"probabilities": probabilities, "calls": calls}},
                      None, "")
 
     # emphysema's threshold is 0.99 (rare class, weighted loss): 0.95 is below it; effusion 0.4 is called
-    assert _top_finding(case({"emphysema": 0.95, "effusion": 0.4}, {"emphysema": 0, "effusion": 1})) == \
+    assert top_finding(case({"emphysema": 0.95, "effusion": 0.4}, {"emphysema": 0, "effusion": 1})) == \
         ("effusion", 0.4, True)
-    assert _top_finding(case({"emphysema": 0.95, "effusion": 0.4}, {"emphysema": 0, "effusion": 0})) == \
+    assert top_finding(case({"emphysema": 0.95, "effusion": 0.4}, {"emphysema": 0, "effusion": 0})) == \
         ("emphysema", 0.95, False)

@@ -59,3 +59,15 @@ def test_glob_and_single_file_inputs(tree: Path) -> None:
     assert [case.case_id for case in only_a.cases] == ["study_a__ct"]
     single = discover_cases(Inputs(path=tree / "chest.png"))
     assert [(c.case_id, c.kind) for c in single.cases] == [("chest", "xray")]
+
+
+def test_an_unreadable_volume_file_is_a_problem_with_the_readers_reason(tmp_path: Path) -> None:
+    write_nifti(Volume(np.zeros((8, 8, 8), np.int16), np.eye(4)), tmp_path / "good.nii.gz")
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not a volume")
+    (tmp_path / "broken.nrrd").write_bytes(b"NRRD? no")
+    found = discover_cases(Inputs(path=tmp_path))
+    assert [case.case_id for case in found.cases] == ["good"]
+    reasons = {Path(p.source).name: p.reason for p in found.problems}
+    assert set(reasons) == {"broken.nii.gz", "broken.nrrd"}
+    assert "cannot read the NIfTI header (ImageFileError" in reasons["broken.nii.gz"]
+    assert "cannot read the image header" in reasons["broken.nrrd"]

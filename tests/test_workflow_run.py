@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -204,3 +205,74 @@ def test_ray_settings_need_the_ray_executor(tree: Path) -> None:
 
     with pytest.raises(ConfigError, match="Ray settings"):
         load_workflow(tree / "wf.yaml", {"executor.gpus_per_worker": 1})
+
+
+SMALL_WORKFLOW = """\
+version: 1
+name: small
+inputs: {path: studies}
+executor: {workers: 2}
+steps:
+  - lung_mask
+output: {dir: out}
+"""
+
+
+def _small_tree(root: Path, names: tuple[str, ...] = ("a", "b")) -> Path:
+    from medseg.io.volume import Volume
+    from medseg.io.volume_files import write_nifti
+
+    for name in names:
+        write_nifti(Volume(np.full((12, 12, 8), -800, np.int16), np.eye(4)), root / "studies" / f"{name}.nii.gz")
+    (root / "wf.yaml").write_text(SMALL_WORKFLOW)
+    return root / "wf.yaml"
+
+
+def test_an_unexpected_exception_in_a_case_is_recorded_with_its_type_and_logged_with_its_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from medseg.errors import InputError
+    from medseg.workflow import load_workflow, processing
+    from medseg.workflow.runner import run_workflow
+
+    def process(case, *args) -> None:
+        if case.case_id == "a":
+            raise KeyError("no such label: 7")                          # a bug
+        raise InputError("a reported problem", case.source)              # a user-facing error
+
+    monkeypatch.setattr(processing, "_process_ct", process)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="medseg.workflow"):
+        run_workflow(load_workflow(_small_tree(tmp_path)), progress=False)
+    cases = {c["case_id"]: c for c in _record(tmp_path / "out")["cases"]}
+    assert cases["a"]["status"] == "failed"
+    assert cases["a"]["error"] == {"type": "KeyError", "message": "'no such label: 7'"}
+    assert cases["a"]["reason"] == "internal error: KeyError: 'no such label: 7'"
+    assert cases["b"]["error"] == {"type": "InputError", "message": "b.nii.gz: a reported problem"}
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().split(":")[0] for r in warned] == ["case a failed with an unexpected KeyError"]
+    assert warned[0].exc_info is not None and "in process" in caplog.text       # the traceback reaches the log
+    assert any(r.levelno == logging.DEBUG and "case b failed" in r.getMessage() for r in caplog.records)
+
+
+def test_local_executor_reads_ahead_with_timings_and_a_failed_read_fails_only_its_case(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.workflow import executors, load_workflow, processing
+    from medseg.workflow.cases import Case
+    from medseg.workflow.processing import RunContext
+
+    def read(case: Case, workflow, models) -> np.ndarray:
+        time.sleep(0.05)
+        if case.case_id == "b":
+            raise OSError(5, "Input/output error", str(case.source))
+        return np.zeros((2, 2, 2))
+
+    monkeypatch.setattr(executors, "read_case", read)
+    monkeypatch.setattr(processing, "_process_ct", lambda *args: None)
+    workflow = load_workflow(_small_tree(tmp_path))
+    context = RunContext(out=tmp_path / "out", work_root=tmp_path / "out" / ".partial" / "run", fingerprint="f")
+    cases = [Case(name, "ct", tmp_path / f"{name}.nii.gz", folder=name) for name in ("a", "b", "c")]
+    outcomes = list(executors.LocalExecutor(workflow, context).outcomes(cases))
+    assert [(o.case_id, o.status) for o in outcomes] == [("a", "done"), ("b", "failed"), ("c", "done")]
+    assert all(o.timings["read"] >= 0.05 for o in outcomes)                   # the reading time is kept
+    assert outcomes[1].error == {"type": "OSError", "message": f"[Errno 5] Input/output error: '{tmp_path}/b.nii.gz'"}
+    assert json.loads((tmp_path / "out" / "c" / "case.json").read_text())["timings"]["read"] >= 0.05

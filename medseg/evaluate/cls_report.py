@@ -7,7 +7,6 @@ base64 data URIs, so report.html needs no other file and no network.
 from __future__ import annotations
 
 import base64
-import html
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medseg.export import html
+from medseg.export.html import MISSING, escape, interval, is_number, number
 from medseg.io.atomic import write_atomically
 
 if TYPE_CHECKING:
@@ -36,11 +37,12 @@ STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.titleweight": "bold", "axes
 
 
 def _num(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+    """The report's numbers: 3 decimals unless told, `medseg.export.html.number`'s policy for NaN/inf/None."""
+    return number(value, digits)
 
 
 def _ci(low: float, high: float, digits: int = 3) -> str:
-    return "" if not (math.isfinite(low) and math.isfinite(high)) else f"[{low:.{digits}f}, {high:.{digits}f}]"
+    return interval(low, high, digits)
 
 
 def _pct(fraction: float) -> str:
@@ -209,7 +211,7 @@ def _compare_figure(report: ClassificationReport) -> Any:
     for ax, c, row in zip(axes, report.per_class, report.comparison, strict=True):
         _square(ax, "1 − specificity", "sensitivity")
         ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999")
-        p = "–" if not math.isfinite(row.p_value) else ("< 0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
+        p = MISSING if not is_number(row.p_value) else ("< 0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
         ax.set_title(f"{c.name}  (p {p})" if p.startswith("<") else f"{c.name}  (p = {p})")
         if not c.roc_curve["fpr"]:
             _undefined(ax, c)
@@ -241,42 +243,21 @@ def write_figures(report: ClassificationReport, out_dir: str | Path) -> dict[str
 # ------------------------------------------------------------------------------------------------ HTML
 
 CSS = """
-body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: #1d2430;
-       margin: 0; background: #f4f6f9; }
-main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 48px; }
-h1 { font-size: 24px; margin: 0 0 4px; }
-h2 { font-size: 18px; margin: 32px 0 10px; border-bottom: 1px solid #d8dde5; padding-bottom: 4px; }
-.meta { color: #4a5568; margin: 2px 0; }
-.meta code { background: #e8ecf2; padding: 1px 5px; border-radius: 3px; font-size: 13px; }
-.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 18px 0 8px; }
-.card { background: #fff; border: 1px solid #dde2ea; border-radius: 8px; padding: 10px 16px; min-width: 170px; }
-.card .label { color: #5a6575; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
-.card .value { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
-.card .ci { color: #5a6575; font-size: 12px; font-variant-numeric: tabular-nums; }
-.warning { background: #fff6db; border: 1px solid #f0d27a; border-left: 5px solid #e0a800; padding: 10px 14px;
-           border-radius: 6px; margin: 14px 0; }
+.card { padding: 10px 16px; min-width: 170px; }
 .notes { color: #4a5568; margin: 8px 0; padding-left: 20px; }
-.tablewrap { overflow-x: auto; background: #fff; border: 1px solid #dde2ea; border-radius: 8px; }
-table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
-th, td { padding: 6px 9px; text-align: right; vertical-align: top; white-space: nowrap; }
-th { background: #eef1f5; font-size: 12px; color: #333d4b; line-height: 1.25; vertical-align: bottom; }
-th:first-child, td:first-child { text-align: left; }
-tbody tr:nth-child(even) { background: #f8f9fb; }
-tbody tr.summary { background: #eef4fb; font-weight: 600; }
+table.report th:first-child, table.report td:first-child { text-align: left; }
+table.report th { line-height: 1.25; vertical-align: bottom; font-weight: bold; }
+table.report td { padding: 6px 9px; vertical-align: top; }
+table.report tbody tr:nth-child(even) { background: #f8f9fb; }
+table.report tbody tr.summary { background: #eef4fb; }
 td .ci { display: block; color: #6b7686; font-size: 11.5px; font-weight: normal; }
 td .src { display: block; color: #6b7686; font-size: 11.5px; }
 .legend { color: #5a6575; font-size: 12.5px; margin: 6px 2px; }
 .footnotes { color: #8a5a00; font-size: 13px; margin: 6px 0; }
-figure { background: #fff; border: 1px solid #dde2ea; border-radius: 8px; margin: 16px 0; padding: 12px; }
-figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
-figcaption { color: #4a5568; font-size: 13px; margin-top: 6px; }
-.howto { background: #fff; border: 1px solid #dde2ea; border-radius: 8px; padding: 6px 18px; }
+.howto { background: #fff; border: 1px solid #dde1e7; border-radius: 8px; padding: 6px 18px; }
 .howto li { margin: 6px 0; }
 """
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text))
+"""The report's own styles on top of `medseg.export.html.BASE_CSS`."""
 
 
 def _cell(value: float, low: float = math.nan, high: float = math.nan, digits: int = 3) -> str:
@@ -285,9 +266,12 @@ def _cell(value: float, low: float = math.nan, high: float = math.nan, digits: i
 
 
 def _card(label: str, estimate: Any) -> str:
-    ci = _ci(estimate.low, estimate.high)
-    return (f"<div class=card><div class=label>{_e(label)}</div><div class=value>{_num(estimate.value)}</div>"
-            f"<div class=ci>{_e(ci) or '&nbsp;'}</div></div>")
+    return html.card(label, _num(estimate.value), note=escape(_ci(estimate.low, estimate.high)))
+
+
+def _report_table(head: list[str], rows: list[str]) -> str:
+    """A report table: first column left-aligned, the others right; striped rows."""
+    return html.table([(label, "l" if n == 0 else "r") for n, label in enumerate(head)], rows, table_css="report")
 
 
 def _class_table(report: ClassificationReport) -> str:
@@ -302,12 +286,12 @@ def _class_table(report: ClassificationReport) -> str:
         source += " ·&nbsp;on&nbsp;data" if op.chosen_on_data else ""
         mark = ""
         if c.notes:
-            footnotes.append(f"<li><b>{_e(c.name)}</b>: {_e('; '.join(c.notes))}</li>")
+            footnotes.append(f"<li><b>{escape(c.name)}</b>: {escape('; '.join(c.notes))}</li>")
             mark = f"<sup>{len(footnotes)}</sup>"
         delong = _ci(c.auc_delong.low, c.auc_delong.high)
         auc = (f"<td>{_num(c.auc.value)}<span class=ci>{_ci(c.auc.low, c.auc.high)}</span>"
                f"<span class=ci>DeLong {delong}</span></td>") if delong else _cell(c.auc.value, c.auc.low, c.auc.high)
-        cells = [f"<td><b>{_e(c.name)}</b>{mark}</td>",
+        cells = [f"<td><b>{escape(c.name)}</b>{mark}</td>",
                  f"<td>{c.positives} / {c.n}<span class=ci>{100 * c.prevalence:.1f} %</span></td>", auc,
                  _cell(c.average_precision.value, c.average_precision.low, c.average_precision.high),
                  f"<td>{_num(op.threshold)}<span class=src>{source}</span></td>",
@@ -322,26 +306,22 @@ def _class_table(report: ClassificationReport) -> str:
         auc, ap = report.summary[f"{kind}_auc"], report.summary[f"{kind}_average_precision"]
         rows.append(f"<tr class=summary><td>{kind}</td><td></td>{_cell(auc.value, auc.low, auc.high)}"
                     f"{_cell(ap.value, ap.low, ap.high)}{'<td></td>' * 8}</tr>")
-    header = "".join(f"<th>{h}</th>" for h in head)
-    table = f"<div class=tablewrap><table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     legend = ("<p class=legend>Each cell: value, then its 95 % interval; AUC shows the bootstrap interval, then the "
               "DeLong interval. Threshold: positive means score ≥ threshold; for calls it is the lowest score "
               "called positive.</p>").replace("95 %", f"{100 * report.confidence:g} %")
     notes = f"<ol class=footnotes>{''.join(footnotes)}</ol>" if footnotes else ""
-    return table + legend + notes
+    return _report_table(head, rows) + legend + notes
 
 
 def _comparison_table(report: ClassificationReport) -> str:
     assert report.comparison is not None
     rows = []
     for row in report.comparison:
-        p = "–" if not math.isfinite(row.p_value) else ("&lt; 0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
-        rows.append(f"<tr><td><b>{_e(row.name)}</b></td><td>{_num(row.auc_a)}</td><td>{_num(row.auc_b)}</td>"
-                    f"<td>{'' if not math.isfinite(row.difference) else f'{row.difference:+.3f}'}</td>"
+        p = MISSING if not is_number(row.p_value) else ("&lt; 0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
+        rows.append(f"<tr><td><b>{escape(row.name)}</b></td><td>{_num(row.auc_a)}</td><td>{_num(row.auc_b)}</td>"
+                    f"<td>{f'{row.difference:+.3f}' if is_number(row.difference) else ''}</td>"
                     f"<td>{_num(row.z, 2)}</td><td>{p}</td></tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("Class", "AUC A (--pred)", "AUC B (--compare)", "A − B", "z",
-                                              "p (two-sided)"))
-    return f"<div class=tablewrap><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    return _report_table(["Class", "AUC A (--pred)", "AUC B (--compare)", "A − B", "z", "p (two-sided)"], rows)
 
 
 _CAPTIONS = {
@@ -368,7 +348,7 @@ def _how_to_read(report: ClassificationReport) -> str:
         source = ("Decisions come from the predictions' <code>_call</code> columns (the model's stored thresholds); "
                   "the threshold shown is the lowest score called positive.")
     else:
-        source = f"Decisions use: {_e(report.operating_point_source)}; positive means score ≥ threshold."
+        source = f"Decisions use: {escape(report.operating_point_source)}; positive means score ≥ threshold."
     if report.thresholds_chosen_on_data:
         source += (" <b>These thresholds were chosen on the evaluated data</b>, so sensitivity, specificity, "
                    "PPV and NPV are optimistic; fix the threshold on separate data for an unbiased estimate.")
@@ -395,37 +375,35 @@ def write_html(report: ClassificationReport, path: str | Path, figures: dict[str
     """A self-contained report.html (figures embedded as base64 PNG)."""
     pred, labels = Path(report.predictions_path).name, Path(report.labels_path).name
     title = f"Classification report: {pred} vs {labels}"
-    meta = [f"Predictions <code>{_e(report.predictions_path)}</code> · labels <code>{_e(report.labels_path)}</code>"]
+    meta = [f"Predictions <code>{escape(report.predictions_path)}</code> · "
+            f"labels <code>{escape(report.labels_path)}</code>"]
     if report.compare_path:
-        meta.append(f"Compared with <code>{_e(report.compare_path)}</code>")
-    meta.append(f"{report.n_images} images · {len(report.classes)} classes · task {_e(report.task)} · "
-                f"operating point <b>{_e(report.operating_point)}</b> · created {_e(report.created.replace('T', ' '))}")
+        meta.append(f"Compared with <code>{escape(report.compare_path)}</code>")
+    meta.append(f"{report.n_images} images · {len(report.classes)} classes · task {escape(report.task)} · "
+                f"operating point <b>{escape(report.operating_point)}</b> · "
+                f"created {escape(report.created.replace('T', ' '))}")
     cards = [_card("macro AUC", report.summary["macro_auc"]), _card("micro AUC", report.summary["micro_auc"]),
              _card("macro AP", report.summary["macro_average_precision"]),
              _card("micro AP", report.summary["micro_average_precision"])]
     if report.multiclass is not None:
         cards.append(_card("accuracy (argmax)", report.multiclass["accuracy"]))
-    body = [f"<h1>{_e(title)}</h1>", *(f"<p class=meta>{line}</p>" for line in meta),
+    body = [f"<h1>{escape(title)}</h1>", *(f"<p class=meta>{line}</p>" for line in meta),
             f"<div class=cards>{''.join(cards)}</div>"]
     if report.thresholds_chosen_on_data:
-        body.append("<div class=warning><b>Optimistic operating point.</b> Thresholds were chosen on the evaluated "
-                    f"data ({_e(report.operating_point_source)}): the sensitivity, specificity, PPV and NPV below "
-                    "overstate what the same thresholds would reach on new data.</div>")
+        body.append("<div class='panel amber'><b>Optimistic operating point.</b> Thresholds were chosen on the "
+                    f"evaluated data ({escape(report.operating_point_source)}): the sensitivity, specificity, PPV "
+                    "and NPV below overstate what the same thresholds would reach on new data.</div>")
     notes = [n for n in report.notes if not n.startswith("thresholds were chosen")]
     if notes:
-        body.append("<ul class=notes>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+        body.append("<ul class=notes>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
     body += ["<h2>Per class</h2>", _class_table(report)]
     if report.comparison is not None:
-        body += [f"<h2>Comparison: A = {_e(pred)}, B = {_e(Path(report.compare_path or '').name)}</h2>",
+        body += [f"<h2>Comparison: A = {escape(pred)}, B = {escape(Path(report.compare_path or '').name)}</h2>",
                  _comparison_table(report)]
     body.append("<h2>Figures</h2>")
-    for name, figure in figures.items():
-        data = base64.b64encode(Path(figure).read_bytes()).decode("ascii")
+    for name, png in figures.items():
+        data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
         caption = _CAPTIONS.get(name, "").format(spec=_pct(report.specificity_target))
-        body.append(f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'>"
-                    f"<figcaption>{_e(caption)}</figcaption></figure>")
+        body.append(html.figure(f"data:image/png;base64,{data}", name, caption))
     body += ["<h2>How to read this report</h2>", f"<div class=howto>{_how_to_read(report)}</div>"]
-    page = (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
-            f"<meta name=viewport content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
-            f"<body><main>{''.join(body)}</main></body></html>\n")
-    return write_atomically(path, lambda temporary: temporary.write_text(page, encoding="utf-8"))
+    return html.write_page(path, html.page(title, "".join(body), css=CSS))

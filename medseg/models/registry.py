@@ -71,19 +71,37 @@ class ModelEntry:
     @cached_property
     def schema(self) -> type[BaseModel]:
         """A pydantic model built from the builder's signature (type hints; missing hints mean Any)."""
-        try:
-            hints = typing.get_type_hints(self.builder)
-        except Exception:  # unresolvable forward references: validate names only
-            hints = {}
         fields: dict[str, Any] = {}
         for pname, param in self.parameters.items():
             if param.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
                 continue
             default = ... if param.default is inspect.Parameter.empty else param.default
-            fields[pname] = (hints.get(pname, Any), default)
+            fields[pname] = (self._hint(pname, param.annotation), default)
         extra = "allow" if self.accepts_any_keyword else "forbid"
         config = ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
         return create_pydantic_model(f"{self.name}_arguments", __config__=config, **fields)
+
+
+    def _hint(self, name: str, annotation: Any) -> Any:
+        """The resolved type hint of one argument (each on its own, so that an unresolvable return annotation
+        such as a `TYPE_CHECKING`-only `nn.Module` does not switch off checking). An argument whose hint cannot
+        be resolved is accepted unchecked, with a warning naming it."""
+        if annotation is inspect.Parameter.empty:
+            return Any
+        namespace = getattr(inspect.unwrap(self.builder), "__globals__", {})
+        try:
+            return typing.get_type_hints(_Annotated({name: annotation}), globalns=namespace)[name]
+        except (NameError, TypeError, SyntaxError, AttributeError) as exc:
+            log.warning("model '%s': the type hint %r of argument '%s' cannot be resolved (%s: %s); the argument "
+                        "is passed to the builder unchecked", self.name, annotation, name, type(exc).__name__, exc)
+            return Any
+
+
+class _Annotated:
+    """An object holding just `__annotations__`, for `typing.get_type_hints` of single annotations."""
+
+    def __init__(self, annotations: dict[str, Any]) -> None:
+        self.__annotations__ = annotations
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -126,21 +126,29 @@ def _dicom_cases(root: Path, found, rules, result: CaseList, used: set[str]) -> 
 
 
 def _is_label_map(path: Path) -> bool:
-    """A volume file stored as 8-bit integers (or bool) is a label map (CT needs at least 16 bits)."""
-    try:
-        if path.name.lower().endswith((".nii", ".nii.gz")):
-            import nibabel
+    """A volume file stored as 8-bit integers (or bool) is a label map (CT needs at least 16 bits).
 
+    An unreadable header raises `InputError` with the reader's message (the file is not a case)."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel
+        from nibabel.filebasedimages import ImageFileError
+
+        try:
             dtype = nibabel.load(str(path)).get_data_dtype()
-            return dtype.kind in "biu" and dtype.itemsize == 1
-        import SimpleITK as sitk
+        except (ImageFileError, OSError, EOFError, ValueError) as exc:
+            raise InputError(f"cannot read the NIfTI header ({type(exc).__name__}: {exc})", path) from exc
+        return dtype.kind in "biu" and dtype.itemsize == 1
+    import SimpleITK as sitk
 
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
         reader.ReadImageInformation()
-        return reader.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8)
-    except Exception:  # unreadable: let the case fail later with the reader's message
-        return False
+    except RuntimeError as exc:   # SimpleITK reports unreadable files as RuntimeError
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = (lines[-1] if lines else "unreadable").removeprefix("sitk::ERROR:").strip()
+        raise InputError(f"cannot read the image header ({reason})", path) from exc
+    return reader.GetPixelID() in (sitk.sitkUInt8, sitk.sitkInt8)
 
 
 def _tree_cases(root: Path, glob: str | None, rules) -> CaseList:
@@ -163,7 +171,13 @@ def _tree_cases(root: Path, glob: str | None, rules) -> CaseList:
             continue
         name = path.name.lower()
         if name.endswith(_VOLUME_SUFFIXES):
-            if _is_label_map(path):
+            try:
+                label_map = _is_label_map(path)
+            except InputError as exc:
+                result.problems.append(CaseProblem(str(path), exc.message))
+                covered.add(str(path.parent))
+                continue
+            if label_map:
                 result.skipped_files += 1   # a mask beside its image, not a case of its own
                 continue
             result.cases.append(Case(_unique(_case_id(root, path), used), "ct", path))

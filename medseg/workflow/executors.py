@@ -14,13 +14,13 @@ outputs, atomic case folders and failure isolation are the same everywhere.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 from medseg.errors import ConfigError
+from medseg.readahead import read_ahead
 from medseg.workflow.cases import Case
 from medseg.workflow.processing import CaseModels, CaseOutcome, RunContext, read_case, run_case
 from medseg.workflow.schema import Workflow
@@ -46,35 +46,12 @@ class LocalExecutor:
         self.models = CaseModels(workflow)
 
     def outcomes(self, cases: list[Case]) -> Iterator[CaseOutcome]:
-        for case, loaded in self._prefetched(cases):
-            yield run_case(case, loaded, self.workflow, self.models, self.context)
-
-    def _prefetched(self, cases: list[Case]) -> Iterator[tuple[Case, Future]]:
-        """(case, future image) in order, reading up to `workers` cases ahead of the one being computed."""
+        """Cases in order, up to `workers` of them read ahead of the one computing; a failed read is recorded by
+        `run_case` as the case's failure."""
         workers = max(1, self.workflow.executor.workers)
-        seconds: dict[str, float] = {}
-
-        def read(case: Case) -> Any:
-            started = time.perf_counter()
-            value = read_case(case, self.workflow, self.models)
-            seconds[case.case_id] = time.perf_counter() - started
-            return value
-
-        with ThreadPoolExecutor(workers, thread_name_prefix="medseg-case-read") as pool:
-            pending: list[tuple[Case, Future]] = []
-            queue = iter(cases)
-            for case in queue:
-                pending.append((case, pool.submit(read, case)))
-                if len(pending) > workers:
-                    break
-            while pending:
-                case, future = pending.pop(0)
-                following = next(queue, None)
-                if following is not None:
-                    pending.append((following, pool.submit(read, following)))
-                wait([future])   # a failed read is raised (and recorded) by run_case
-                future.medseg_seconds = seconds.get(case.case_id, 0.0)  # type: ignore[attr-defined]
-                yield case, future
+        read = partial(read_case, workflow=self.workflow, models=self.models)
+        for loaded in read_ahead(cases, read, ahead=workers, workers=workers, thread_name="medseg-case-read"):
+            yield run_case(loaded.item, loaded, self.workflow, self.models, self.context)
 
     def close(self) -> None:
         return None
@@ -88,13 +65,9 @@ class _CaseWorker:
         self.models = CaseModels(workflow)
 
     def run(self, case: Case) -> CaseOutcome:
-        loaded: Future = Future()
-        started = time.perf_counter()
-        try:
-            loaded.set_result(read_case(case, self.workflow, self.models))
-        except BaseException as exc:  # recorded by run_case like a local read failure
-            loaded.set_exception(exc)
-        loaded.medseg_seconds = time.perf_counter() - started  # type: ignore[attr-defined]
+        """Read, then process one case (a failed read is recorded by `run_case`, as in the local executor)."""
+        read = partial(read_case, workflow=self.workflow, models=self.models)
+        (loaded,) = read_ahead([case], read, ahead=0, thread_name="medseg-case-read")
         return run_case(case, loaded, self.workflow, self.models, self.context)
 
 

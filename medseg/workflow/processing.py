@@ -12,16 +12,17 @@ import logging
 import os
 import shutil
 import time
-import traceback
 import uuid
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medseg.device import resolve_device
 from medseg.errors import ConfigError, InputError, MedsegError, one_line_reason
+from medseg.labels import from_names
+from medseg.readahead import Loaded
 from medseg.workflow.cases import Case, relative_text
 from medseg.workflow.layout import has_marker, write_marker
 from medseg.workflow.schema import Workflow
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 CASE_FILE = "case.json"
 PARTIAL_DIR = ".partial"
-_LUNG_NAMES = {1: "right_lung", 2: "left_lung"}
 
 
 @dataclass
@@ -44,6 +44,8 @@ class CaseOutcome:
     status: str
     """done, failed, skipped (done by an earlier run) or input_problem (could not become a case)."""
     reason: str = ""
+    error: dict[str, str] | None = None
+    """A failed case's exception: {"type": class name, "message": its text}."""
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
@@ -67,10 +69,8 @@ class CaseModels:
 
     @property
     def device(self) -> str:
-        import torch
-
-        device = self.workflow.device
-        return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        """The workflow's device resolved ("auto": CUDA when available); ConfigError for CUDA without CUDA."""
+        return str(resolve_device(self.workflow.device))
 
     @property
     def segmenter(self):
@@ -118,13 +118,13 @@ def _process_ct(case: Case, volume, workflow: Workflow, models: CaseModels, work
 
     started = time.perf_counter()
     if workflow.step("segment_lobes") is not None:
-        result = models.segmenter(volume)
-        label_map, names, prefix = "lobes", result.label_names, "lobes"
+        result, prefix = models.segmenter(volume), "lobes"
     elif workflow.step("lung_mask") is not None:
-        result = segment_lungs(volume)
-        label_map, names, prefix = "lungs", _LUNG_NAMES, "lungs"
+        result, prefix = segment_lungs(volume), "lungs"
     else:
         return
+    label_map = from_names(result.label_names, name=prefix)   # the model card's labels, coded by the registry
+    names = label_map.names()
     outcome.timings["segment"] = time.perf_counter() - started
     labels = result.labels
     voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
@@ -136,8 +136,7 @@ def _process_ct(case: Case, volume, workflow: Workflow, models: CaseModels, work
         started = time.perf_counter()
         step = workflow.step("statistics")
         qc = load_qc_ranges(step.qc) if step.qc else None
-        stats = lobe_statistics(volume, labels.array, {v: n for v, n in names.items() if v}, qc,
-                                labels_source=case.case_id)
+        stats = lobe_statistics(volume, labels.array, label_map, qc, labels_source=case.case_id)
         write_statistics(stats, work / "statistics.csv", work / "statistics.json")
         outcome.outputs.update(statistics_csv="statistics.csv", statistics_json="statistics.json")
         outcome.flags = sorted({flag.code for flag in stats.flags})
@@ -162,10 +161,9 @@ def _process_ct(case: Case, volume, workflow: Workflow, models: CaseModels, work
         except (GeometryError, MedsegError) as exc:
             outcome.notes.append(f"no DICOM SEG: {exc}")
     if export.overlays:
-        from medseg.export.overlay import LOBE_COLOURS, LUNG_COLOURS, save_label_montage
+        from medseg.export.overlay import save_label_montage
 
-        colours = LOBE_COLOURS if label_map == "lobes" else LUNG_COLOURS
-        save_label_montage(volume, labels.array, work / "overlay.png", title=case.case_id, colours=colours)
+        save_label_montage(volume, labels.array, work / "overlay.png", title=case.case_id, label_map=label_map)
         outcome.outputs["overlay"] = "overlay.png"
     outcome.timings["export"] = time.perf_counter() - started
 
@@ -177,20 +175,15 @@ def _process_xray(case: Case, image: np.ndarray, workflow: Workflow, models: Cas
     probs = classifier.predict(image[None])[0]
     calls = classifier.calls(probs[None])[0]
     outcome.timings["classify"] = time.perf_counter() - started
-    outcome.summary["probabilities"] = {n: round(float(p), 6) for n, p in zip(classifier.classes, probs, strict=True)}
+    # exact values: predictions.csv is written from these, and a call must agree with its probability
+    outcome.summary["probabilities"] = {n: float(p) for n, p in zip(classifier.classes, probs, strict=True)}
     outcome.summary["calls"] = {n: int(c) for n, c in zip(classifier.classes, calls, strict=True)}
     step = workflow.step("classify_cxr")
     if step.cam:
-        from medseg.infer.explain import grad_cam, save_cam_panel
+        from medseg.infer.explain import cam_panels, save_cam_panel
 
         started = time.perf_counter()
-        chosen = [int(i) for i in np.flatnonzero(calls)] or [int(np.argmax(probs))]
-        if step.cam_classes == "all":
-            chosen = list(range(len(probs)))
-        elif step.cam_classes == "top":
-            chosen = [int(np.argmax(probs))]
-        panels = [(classifier.classes[k], float(probs[k]), grad_cam(classifier.model, image[None], k)[0])
-                  for k in chosen]
+        panels = cam_panels(classifier.model, image, classifier.classes, probs, calls, step.cam_classes)
         save_cam_panel(work / "gradcam.png", image[0], panels, title=case.case_id)
         outcome.outputs["gradcam"] = "gradcam.png"
         outcome.timings["gradcam"] = time.perf_counter() - started
@@ -245,8 +238,27 @@ def _move_into_place(work: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_case(case: Case, loaded: Future, workflow: Workflow, models: CaseModels, context: RunContext) -> CaseOutcome:
-    """Process one case into `context.out / case.folder`; the outcome records what happened, never raises."""
+_MESSAGE_LIMIT = 2000
+"""Longest exception message recorded in run.json."""
+
+
+def _record_failure(outcome: CaseOutcome, exc: Exception, root: Path | None) -> None:
+    """The failure's one-line reason and its exception (type, message) in the outcome; an unexpected exception
+    (not a MedsegError: a bug or an environment problem) is logged with its traceback at WARNING."""
+    outcome.status = "failed"
+    outcome.reason = relative_text(one_line_reason(exc), root)
+    outcome.error = {"type": type(exc).__name__, "message": relative_text(str(exc), root)[:_MESSAGE_LIMIT]}
+    if isinstance(exc, MedsegError):
+        log.debug("case %s failed: %s", outcome.case_id, outcome.reason, exc_info=exc)
+    else:
+        log.warning("case %s failed with an unexpected %s: %s", outcome.case_id, type(exc).__name__, exc,
+                    exc_info=exc)
+
+
+def run_case(case: Case, loaded: Loaded, workflow: Workflow, models: CaseModels, context: RunContext) -> CaseOutcome:
+    """Process one case into `context.out / case.folder`; the outcome records what happened, never raises.
+
+    `loaded` is the case's read (`medseg.readahead`): a failed read fails the case like any other error."""
     root = Path(context.input_root) if context.input_root else None
     outcome = CaseOutcome(case.case_id, case.kind, case.shown_source or str(case.source), "failed",
                           notes=[relative_text(note, root) for note in case.notes], folder=case.folder,
@@ -257,8 +269,8 @@ def run_case(case: Case, loaded: Future, workflow: Workflow, models: CaseModels,
     try:
         work.mkdir(parents=True)
         write_marker(work, case.case_id)
-        image = loaded.result()
-        outcome.timings["read"] = getattr(loaded, "medseg_seconds", 0.0)
+        outcome.timings["read"] = loaded.seconds
+        image = loaded.value
         (_process_xray if case.kind == "xray" else _process_ct)(case, image, workflow, models, work, outcome)
         outcome.seconds = round(time.perf_counter() - started, 3)
         outcome.timings = {k: round(v, 3) for k, v in outcome.timings.items()}
@@ -266,10 +278,8 @@ def run_case(case: Case, loaded: Future, workflow: Workflow, models: CaseModels,
         outcome.notes = [relative_text(note, root) for note in outcome.notes]
         write_json(work / CASE_FILE, asdict(outcome))
         _move_into_place(work, final)
-    except Exception as exc:   # any failure stays with its case; the batch goes on
-        outcome.status = "failed"
-        outcome.reason = relative_text(one_line_reason(exc), root)
-        log.debug("case %s failed:\n%s", case.case_id, traceback.format_exc())
+    except Exception as exc:   # any failure stays with its case (recorded, bugs logged); the batch goes on
+        _record_failure(outcome, exc, root)
     outcome.seconds = round(time.perf_counter() - started, 3)
     outcome.timings = {k: round(v, 3) for k, v in outcome.timings.items()}
     if work.exists():
