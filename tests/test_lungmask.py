@@ -1,12 +1,11 @@
 """Classical lung mask: sides from the affine, airway and gas excluded, touching lungs split, thin volumes.
 
 Real data come from `../shared/realdata` (skipped when absent); synthetic chests are built here in numpy
-(`synthetic_chest`, also used by `benchmark_lung_mask`) and one small phantom comes from the CT generator.
+(`synthetic_chest`, also used by `benchmarks/lungmask_bench.py`) and one small phantom comes from the CT generator.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -295,27 +294,16 @@ def test_real_volumes_without_lungs(realdata: Path) -> None:
     assert not lung_mask(mr).any()
 
 
-# --- speed ---------------------------------------------------------------------------------------------
+# --- full size ------------------------------------------------------------------------------------------
 
 
-def benchmark_lung_mask(shape: tuple[int, int, int] = (512, 512, 300), pixel_mm: float = 0.7,
-                        slice_mm: float = 1.0, repeats: int = 1, touching: bool = True) -> dict[str, float]:
-    """Time `lung_mask` on a synthetic chest of the given size; returns seconds and the Dice per lung.
+def test_full_size_touching_chest() -> None:
+    """512 x 512 x 300 at 0.7 mm with touching lungs (the erosion split, the slowest path): both lungs found.
 
-    Touching lungs by default: the erosion split is the slowest path.
+    Its speed (target: well inside 2.5 s on 2 cores) is measured by `benchmarks/lungmask_bench.py`.
     """
-    volume, truth = synthetic_chest(shape, (pixel_mm, pixel_mm, slice_mm), touching=touching)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mask = lung_mask(volume)
-        seconds.append(time.perf_counter() - start)
-    return {"seconds": min(seconds), "dice_right": dice(mask == RIGHT_LUNG, truth == RIGHT_LUNG),
-            "dice_left": dice(mask == LEFT_LUNG, truth == LEFT_LUNG)}
-
-
-def test_speed_full_size_chest() -> None:
-    """512 x 512 x 300 at 0.7 mm must stay well inside the 2.5 s budget (loose bound for shared CI machines)."""
-    result = benchmark_lung_mask()
-    assert result["dice_right"] >= 0.95 and result["dice_left"] >= 0.95
-    assert result["seconds"] <= 5.0, result
+    volume, truth = synthetic_chest((512, 512, 300), (0.7, 0.7, 1.0), touching=True)
+    mask = lung_mask(volume)
+    check_sides(volume, mask)
+    assert dice(mask == RIGHT_LUNG, truth == RIGHT_LUNG) >= 0.95
+    assert dice(mask == LEFT_LUNG, truth == LEFT_LUNG) >= 0.95

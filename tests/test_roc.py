@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -87,14 +86,12 @@ def test_bootstrap_ci_brackets_the_estimate_and_narrows_with_n() -> None:
     assert widths[1] < widths[0] / 2.5  # ~ sqrt(20) narrower
 
 
-def test_bootstrap_is_reproducible_and_fast() -> None:
+def test_bootstrap_is_reproducible() -> None:
+    """Same seed, same interval; another seed, another one (speed: benchmarks/roc_bench.py)."""
     labels, scores = _separated(400, 1.0)
-    start = time.perf_counter()
     first = roc.bootstrap_auc_ci(labels, scores, n_resamples=2000, seed=7)
-    elapsed = time.perf_counter() - start
     assert first == roc.bootstrap_auc_ci(labels, scores, n_resamples=2000, seed=7)
     assert first != roc.bootstrap_auc_ci(labels, scores, n_resamples=2000, seed=8)
-    assert elapsed < 1.0, f"2000 resamples of n=400 took {elapsed:.2f} s"
 
 
 def _slow_delong_variance(labels: np.ndarray, scores: np.ndarray) -> float:

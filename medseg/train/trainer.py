@@ -2,8 +2,13 @@
 atomic checkpoints, resume, best-by-validation, early stopping, progress bar, metrics CSV (+ TensorBoard).
 
 The task supplies the model, the loss, batches per epoch and a validation function; the loop knows nothing
-about images. Checkpoints: `last.safetensors` + `last_state.pt` (optimizer, schedule, counters; plain
-tensors, loaded with `weights_only=True`) and `best.safetensors`, each self-describing via its model card.
+about images. Checkpoints: `last.safetensors` + `last_state.pt` (model weights, optimizer, schedule, counters,
+RNG; plain tensors, loaded with `weights_only=True`) and `best.safetensors`, each self-describing via its model
+card. Resume continues from `last_state.pt` alone, so a crash between the two writes cannot pair weights of one
+epoch with the optimizer of another; on CPU a resumed run is bit-identical to an uninterrupted one, provided the
+task's batches are seeded by epoch (as every medseg task's are).
+
+Early stopping: after `patience` epochs (not validations) without an improvement of `monitor`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class LoopSettings:
     grad_accum: int = 1
     amp: bool = False
     patience: int | None = None
+    """Stop after this many epochs since the best validation (validation epochs count by their number)."""
     val_every: int = 1
     monitor: str = "val_dice"
     """Validation metric that selects the best checkpoint (higher is better)."""
@@ -107,26 +113,38 @@ class Trainer:
 
     def _save_state(self) -> None:
         state = {"epoch": self.epoch, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-                 "bad_epochs": self.bad_epochs, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "history": self.history, "torch_rng": torch.get_rng_state()}
+                 "bad_epochs": self.bad_epochs, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "history": self.history, "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         with atomic_path(self.state_path) as temporary:
             torch.save(state, temporary)
 
     def resume(self) -> None:
-        """Continue from `last.safetensors` + `last_state.pt` in the run folder."""
-        from medseg.models import load_checkpoint
+        """Continue from `last_state.pt` in the run folder (weights, optimizer, schedule, counters, RNG).
 
+        State files written before the weights were kept in them take the weights from `last.safetensors`.
+        """
         last = self.run_dir / "last.safetensors"
-        if not (last.exists() and self.state_path.exists()):
-            raise ConfigError("nothing to resume: last.safetensors / last_state.pt not found", self.run_dir)
-        restored, _ = load_checkpoint(last, device=self.device)
-        self.model.load_state_dict(restored.state_dict())
+        if not self.state_path.exists():
+            raise ConfigError("nothing to resume: last_state.pt not found", self.run_dir)
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        if "model" in state:
+            self.model.load_state_dict(state["model"])
+        elif last.exists():
+            from medseg.models import load_checkpoint
+
+            restored, _ = load_checkpoint(last, device=self.device)
+            self.model.load_state_dict(restored.state_dict())
+        else:
+            raise ConfigError("nothing to resume: last.safetensors not found", self.run_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.epoch = int(state["epoch"])
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state["best_epoch"])
@@ -141,19 +159,23 @@ class Trainer:
         s = self.settings
         self.run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        stopped_early = False
+        stopped_early = self._patience_spent()   # a resumed run that had already stopped stays stopped
         metrics: dict[str, float] = self.history[-1] if self.history else {}
         with self._progress_bar() as bar:
             task = bar.add_task("training", total=s.epochs * s.steps_per_epoch,
                                 completed=self.epoch * s.steps_per_epoch, info="")
-            while self.epoch < s.epochs:
+            while self.epoch < s.epochs and not stopped_early:
                 epoch_started = time.perf_counter()
                 train_loss = self._train_epoch(bar, task)
                 self.epoch += 1
                 metrics = {"epoch": self.epoch, "step": self.epoch * s.steps_per_epoch, "train_loss": train_loss,
                            "lr": self.scheduler.get_last_lr()[0]}
                 if self.epoch % s.val_every == 0 or self.epoch == s.epochs:
-                    metrics.update(self.validate(self.model))
+                    validation = self.validate(self.model)
+                    if s.monitor not in validation:
+                        raise ConfigError(f"validation reported {sorted(validation)} but not the monitored metric "
+                                          f"{s.monitor!r}")
+                    metrics.update(validation)
                 metrics["seconds"] = time.perf_counter() - epoch_started
                 stopped_early = self._end_epoch(metrics)
                 bar.update(task, info=self._describe(metrics))
@@ -200,12 +222,14 @@ class Trainer:
         if s.monitor in metrics:
             value = float(metrics[s.monitor])
             if value > self.best_metric:
-                self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+                self.best_metric, self.best_epoch = value, self.epoch
                 self.save_model(self.run_dir / "best.safetensors", self.model, metrics)
-            else:
-                self.bad_epochs += 1
+            self.bad_epochs = self.epoch - self.best_epoch   # epochs since the best, whatever val_every is
         self._save_state()
-        return s.patience is not None and self.bad_epochs >= s.patience
+        return self._patience_spent()
+
+    def _patience_spent(self) -> bool:
+        return self.settings.patience is not None and self.bad_epochs >= self.settings.patience
 
     def _write_metrics(self, metrics: dict[str, float]) -> None:
         path = self.run_dir / "metrics.csv"
