@@ -92,3 +92,34 @@ def test_light_commands_do_not_import_torch_or_monai(series: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def test_every_command_group_is_registered_and_set_must_be_key_value(tmp_path: Path) -> None:
+    result = _medseg("--help")
+    assert result.returncode == 0
+    for command in ("convert", "info", "synth", "data", "evaluate", "train", "segment", "classify", "validate",
+                    "run", "review"):
+        assert f"\n  {command} " in result.stdout, command
+    bad = _medseg("validate", str(tmp_path / "wf.yaml"), "--set", "novalue")
+    assert bad.returncode == 2 and "expected KEY=VALUE, got 'novalue'" in bad.stderr
+
+
+def test_classify_a_folder_then_evaluate_against_its_labels_csv(tmp_path: Path) -> None:
+    """Issue 14's new-user path: predictions name images as found, labels.csv relative to itself."""
+    from tests.test_api import _cxr_checkpoint, _write_png
+
+    data = tmp_path / "cxr"
+    for n, name in enumerate(("a", "b", "c", "d")):
+        _write_png(data / "images" / f"{name}.png", n % 3)
+    (data / "labels.csv").write_text("image,disc,bar\nimages/a.png,1,0\nimages/b.png,0,1\nimages/c.png,1,1\n"
+                                     "images/d.png,0,0\n")
+    model = _cxr_checkpoint(tmp_path / "cxr.safetensors")
+    run = {"capture_output": True, "text": True, "timeout": 120, "cwd": tmp_path}
+    classified = subprocess.run([sys.executable, "-m", "medseg", "classify", "cxr/images", "--model", str(model),
+                                 "--out", "out/p.csv"], **run)
+    assert classified.returncode == 0, classified.stderr
+    assert (tmp_path / "out/p.csv").read_text().splitlines()[1].startswith("cxr/images/a.png,")
+    evaluated = subprocess.run([sys.executable, "-m", "medseg", "evaluate", "cls", "--pred", "out/p.csv",
+                                "--labels", "cxr/labels.csv", "--out", "report", "--resamples", "50", "--json"], **run)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["n_images"] == 4

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, average_precision_score, confusion_matrix, roc_auc_score
 
-from medseg.cli_evaluate import evaluate
+from medseg.cli.evaluate import evaluate
 from medseg.errors import InputError
 from medseg.evaluate.classification import evaluate_classification, read_prediction_table
 
@@ -257,3 +257,63 @@ def test_predictions_for_unlabelled_extra_images_are_left_out(tmp_path: Path) ->
     result = _invoke("cls", "--pred", preds_csv, "--labels", labels_csv, "--out", tmp_path / "out", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n_images"] == len(rows) - 6
+
+
+# ------------------------------------------------------------------------------------------------ row pairing
+
+
+def test_classify_output_pairs_with_a_labels_csv_beside_the_images(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`medseg classify DIR/images --out p.csv` writes paths as found (relative to the working directory);
+    DIR/labels.csv names the images relative to itself. Issue 14: this failed with "... not in this file"."""
+    labels_csv, preds_csv, _, _ = _multilabel(tmp_path)        # labels: cxr/NNN.png
+    monkeypatch.chdir(tmp_path.parent)
+    rows = list(csv.reader(preds_csv.open()))
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    as_found = [[f"{tmp_path.name}/{row[0]}", *row[1:]] for row in rows[1:]]
+    _write(out_dir / "p.csv", rows[0], as_found)
+    reference = _invoke("cls", "--pred", preds_csv, "--labels", labels_csv, "--out", tmp_path / "a", "--json")
+    result = _invoke("cls", "--pred", out_dir / "p.csv", "--labels", labels_csv, "--out", tmp_path / "b", "--json")
+    assert result.exit_code == 0, result.output
+    paired, exact = json.loads(result.stdout), json.loads(reference.stdout)
+    assert paired["n_images"] == exact["n_images"] == len(rows) - 1
+    assert [c["auc"] for c in paired["per_class"]] == [c["auc"] for c in exact["per_class"]]
+
+
+def test_rows_pair_by_exact_text_then_same_file_then_unique_name(tmp_path: Path) -> None:
+    from medseg.evaluate.matching import label_keys
+
+    labels_csv = tmp_path / "cxr" / "labels.csv"
+    preds_csv = tmp_path / "out" / "preds.csv"
+    labels = ["images/a.png", "images/b.png", "images/c.png", "left/d.png", "right/d.png", "e.png"]
+    preds = ["images/a.png",                    # exact text
+             "../cxr/images/b.png",             # the same file, relative to preds.csv
+             str(tmp_path / "cxr/images/c.png"),  # the same file, absolute
+             "elsewhere/d.png",                 # ambiguous name: unpaired
+             "dicom/e.dcm",                     # unique name without extension (the DICOM twin)
+             "images/z.png"]                    # unlabelled
+    assert label_keys(labels, labels_csv, preds, preds_csv) == [
+        "images/a.png", "images/b.png", "images/c.png", None, "e.png", None]
+    # a later rule never takes a label row an earlier one paired: the PNG wins, its DICOM twin is unlabelled
+    assert label_keys(["images/e.png"], labels_csv, ["dicom/e.dcm", "../cxr/images/e.png"], preds_csv) == [
+        None, "images/e.png"]
+
+
+def test_pairing_errors_name_examples(tmp_path: Path) -> None:
+    labels = _write(tmp_path / "labels.csv", ["image", "a"],
+                    [["left/d.png", 1], ["right/d.png", 0], ["f.png", 1], ["g.png", 0]])
+    preds = _write(tmp_path / "preds.csv", ["image", "a"],
+                   [["x/d.png", 0.3], ["y/d.png", 0.6], ["f.png", 0.9], ["g.png", 0.1]])
+    table = read_prediction_table(labels, "labels")
+    with pytest.raises(InputError, match=r"2 image\(s\) of .*labels.csv are not in this file \(e.g. 'left/d.png', "
+                                         r"'right/d.png'\).*2 row\(s\) here fit several labels.*'x/d.png' -> "):
+        evaluate_classification(table, read_prediction_table(preds, "predictions"), n_resamples=0)
+    twice = _write(tmp_path / "twice.csv", ["image", "a"],
+                   [["x/f.png", 0.3], ["y/f.png", 0.6], ["left/d.png", 0.5], ["right/d.png", 0.5], ["g.png", 0.2]])
+    labels = _write(tmp_path / "labels.csv", ["image", "a"],
+                    [["left/d.png", 1], ["right/d.png", 0], ["data/f.png", 1], ["g.png", 0]])
+    with pytest.raises(InputError, match=r"twice.csv: rows 'x/f.png' and 'y/f.png' both match label image "
+                                         r"'data/f.png' \(the same file name\)"):
+        evaluate_classification(read_prediction_table(labels, "labels"), read_prediction_table(twice, "predictions"),
+                                n_resamples=0)

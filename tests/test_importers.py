@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from medseg.cli_data import data
+from medseg.cli.data import data
 from medseg.data.importers import (
     CHEXPERT_CLASSES,
     LOBE_FILES,

@@ -5,7 +5,6 @@ Register with `main.add_command(data)`; the group also works on its own (errors 
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from medseg.cli_errors import ErrorReportingGroup
+from medseg.cli.errors import ErrorReportingGroup
 
 __all__ = ["data"]
 
@@ -37,10 +36,11 @@ def validate(manifest: Path, no_checksums: bool, no_label_values: bool, as_json:
     Exit code 0 when all is well, 1 when problems were found, 2 when the manifest cannot be read or is invalid.
     """
     from medseg.data.manifest import validate_manifest
+    from medseg.jsonable import dumps_json
 
     report = validate_manifest(manifest, check_checksums=not no_checksums, check_label_values=not no_label_values)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(dumps_json(report.to_dict()))
     elif report.ok:
         click.echo(f"{manifest}: {report.summary()}")
     else:
@@ -63,9 +63,10 @@ def validate(manifest: Path, no_checksums: bool, no_label_values: bool, as_json:
 def schema(out: Path | None) -> None:
     """Print (or write) the manifest JSON Schema."""
     from medseg.data.manifest import manifest_json_schema, write_json_schema
+    from medseg.jsonable import dumps_json
 
     if out is None:
-        click.echo(json.dumps(manifest_json_schema(), indent=2))
+        click.echo(dumps_json(manifest_json_schema()))
     else:
         click.echo(f"wrote {write_json_schema(out)}")
 
@@ -166,7 +167,3 @@ def chexpert(ctx: click.Context, root: Path, out: Path, uncertain: str, frontal_
                             classes=_classes(classes), valid_split=valid_split,  # type: ignore[arg-type]
                             val_fraction=val_fraction, split_seed=split_seed, checksums=not no_checksums,
                             command=_command_line(ctx)))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    data()

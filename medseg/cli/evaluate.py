@@ -1,19 +1,19 @@
-"""`medseg evaluate`: score predictions against references.
+"""`medseg evaluate`: score predictions against references (thin layers over `medseg.evaluate_segmentation` and
+`medseg.evaluate_classification`).
 
 Register with `main.add_command(evaluate)`; the group also works on its own (errors -> one line, exit 2).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from medseg.cli_errors import ErrorReportingGroup
+from medseg.cli.errors import ErrorReportingGroup
+from medseg.cli.options import table_console
 
 __all__ = ["evaluate"]
 
@@ -38,16 +38,6 @@ def _mean_sd(stats: dict[str, Any], digits: int) -> str:
     return f"{stats['mean']:.{digits}f}{sd}"
 
 
-def _console() -> Any:
-    """Console for stdout tables; 120 columns when piped (rich would use 80) unless COLUMNS is set."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=120)
-    return console
-
-
 _STATUS_NOTES = {"ok": "", "absent": "absent in both", "missing_in_pred": "missing in prediction",
                  "missing_in_ref": "not in reference"}
 
@@ -65,13 +55,13 @@ def _print_case(scores: Any, title: str) -> None:
     table.add_row("mean", _number(scores.mean_dice, 4), _number(scores.mean_iou, 4),
                   _number(scores.mean_hd95_mm, 2), _number(scores.mean_assd_mm, 2), "", "")
     table.caption = "mean: over the labels present in the reference"
-    _console().print(table)
+    table_console().print(table)
 
 
 def _print_folder(result: Any) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = table_console()
     console.print(f"{len(result)} case(s): {result.pred_dir} vs {result.ref_dir}", markup=False, highlight=False)
     cases = Table(title_justify="left")
     for column in ("case", "mean Dice", "worst label"):
@@ -99,32 +89,13 @@ def _print_folder(result: Any) -> None:
     console.print(summary)
 
 
-def _run_folders(pred: Path, ref: Path, labels: str, ref_name: str | None, pred_name: str | None) -> Any:
-    from medseg.evaluate.segmentation import evaluate_pairs, pair_folders
-
-    pairs = pair_folders(pred, ref, ref_name=ref_name, pred_name=pred_name)
-    if len(pairs.pairs) < 2:
-        return evaluate_pairs(pairs, labels)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("scoring", total=len(pairs.pairs))
-
-        def on_case(done: int, total: int, case: str) -> None:
-            bar.update(task, completed=done, description=f"scored {case}")
-
-        return evaluate_pairs(pairs, labels, on_case=on_case)
-
-
 @evaluate.command("seg")
 @click.option("--pred", "pred", type=click.Path(path_type=Path), required=True,
               help="Predicted label map, or a folder of them.")
 @click.option("--ref", "ref", type=click.Path(path_type=Path), required=True,
               help="Reference label map, or a folder of them (same kind as --pred).")
 @click.option("--labels", type=click.Choice(["lobes", "lungs", "all"]), default="lobes", show_default=True,
-              help="Label set: lobes 1-5 (LUL LLL RUL RML RLL), lungs (1 right, 2 left), or every value present.")
+              help="Label set: a registered label map (lobes, lungs: configs/labels/), or all (every value present).")
 @click.option("--ref-name", help="Label file inside reference case folders (e.g. lobes.nii.gz).")
 @click.option("--pred-name", help="Label file inside prediction case folders [default: --ref-name if present, "
               "else the folder's only volume file].")
@@ -139,31 +110,21 @@ def seg(pred: Path, ref: Path, labels: str, ref_name: str | None, pred_name: str
     Unpaired cases are listed as warnings. A label absent from both maps is skipped; a label in only one
     scores Dice 0 and infinite distances (JSON null). Means run over the labels present in the reference.
     """
-    from medseg.errors import InputError
-    from medseg.evaluate.segmentation import case_name, compare_files, write_scores_csv
+    from medseg.api.evaluate import evaluate_segmentation
+    from medseg.evaluate.segmentation import case_name, write_scores_csv
+    from medseg.jsonable import dumps_json
 
-    for path in (pred, ref):
-        if not path.exists():
-            raise InputError("no such file or folder", path)
-    if pred.is_dir() != ref.is_dir():
-        raise InputError(f"--pred and --ref must both be files or both be folders ({pred} is a "
-                         f"{'folder' if pred.is_dir() else 'file'}, {ref} is a {'folder' if ref.is_dir() else 'file'})")
-    if pred.is_dir():
-        result = _run_folders(pred, ref, labels, ref_name, pred_name)
-        cases = result.cases
-        document: dict[str, Any] = result.to_dict()
-    else:
-        scores = compare_files(pred, ref, labels)
-        cases = [(case_name(pred) or pred.name, scores)]
-        document = scores.to_dict()
+    result = evaluate_segmentation(pred, ref, labels=labels, ref_name=ref_name,  # type: ignore[arg-type]
+                                   pred_name=pred_name, progress=True)
+    cases = result.cases if pred.is_dir() else [(case_name(pred) or pred.name, result)]
     if out is not None:
         write_scores_csv(cases, out)
     if as_json:
-        click.echo(json.dumps(document, indent=2))
+        click.echo(dumps_json(result.to_dict()))
     elif pred.is_dir():
         _print_folder(result)
     else:
-        _print_case(cases[0][1], f"{pred} vs {ref}")
+        _print_case(result, f"{pred} vs {ref}")
     if out is not None and not as_json:
         click.echo(f"wrote {out}")
 
@@ -184,28 +145,6 @@ def _estimate(value: float, low: float, high: float, digits: int = 3) -> str:
         return "-"
     ci = "" if math.isnan(low) else f" [{low:.{digits}f}, {high:.{digits}f}]"
     return f"{value:.{digits}f}{ci}"
-
-
-_PROGRESS_WORK = 4_000_000
-"""Resamples x images x classes above which `evaluate cls` shows a progress bar (about a second of work)."""
-
-
-def _run_classification(labels: Any, preds: Any, compare: Any, show_progress: bool, **options: Any) -> Any:
-    from medseg.evaluate.classification import evaluate_classification
-
-    if not show_progress:
-        return evaluate_classification(labels, preds, compare=compare, **options)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("bootstrapping", total=len(labels.classes) + 1 + (compare is not None))
-
-        def on_class(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"bootstrapping {name}")
-
-        return evaluate_classification(labels, preds, compare=compare, on_class=on_class, **options)
 
 
 def _print_classification(report: Any, paths: dict[str, Path]) -> None:
@@ -232,7 +171,7 @@ def _print_classification(report: Any, paths: dict[str, Path]) -> None:
     if report.multiclass is not None:
         accuracy = report.multiclass["accuracy"]
         table.caption = f"accuracy (argmax) {_estimate(accuracy.value, accuracy.low, accuracy.high)}"
-    console = _console()
+    console = table_console()
     console.print(table)
     if report.comparison is not None:
         compare = Table(title=f"DeLong: A {report.predictions_path} vs B {report.compare_path}", title_justify="left")
@@ -270,17 +209,16 @@ def cls(pred: Path, labels: Path, out: Path, compare: Path | None, operating_poi
         task: str, as_json: bool) -> None:
     """AUC (bootstrap and DeLong CIs), PR-AUC, operating-point metrics and calibration per class.
 
-    Rows are matched by the `image` column; the classes are the label file's columns. Intervals are 95 %:
+    Rows are paired by the `image` column: the same text, else the same file (each path relative to its CSV's
+    folder), else a unique file name. The classes are the label file's columns. Intervals are 95 %:
     stratified percentile bootstrap per class, Wilson for proportions.
     """
-    from medseg.evaluate.classification import read_prediction_table, write_report
+    from medseg.api.evaluate import ClassificationOptions, evaluate_classification
+    from medseg.evaluate.classification import write_report
 
-    label_table = read_prediction_table(labels, "labels")
-    pred_table = read_prediction_table(pred, "predictions", label_table.classes)
-    compare_table = None if compare is None else read_prediction_table(compare, "predictions", label_table.classes)
-    work = resamples * len(label_table.images) * len(label_table.classes) * (3 if compare is None else 4)
-    report = _run_classification(label_table, pred_table, compare_table, work > _PROGRESS_WORK and not as_json,
-                                 operating_point=operating_point, n_resamples=resamples, seed=seed, task=task)
+    report = evaluate_classification(pred, labels, compare=compare, progress=not as_json,
+                                     options=ClassificationOptions(operating_point, resamples, seed,
+                                                                   task))  # type: ignore[arg-type]
     paths = write_report(report, out)
     if as_json:
         click.echo(paths["report.json"].read_text(encoding="utf-8"), nl=False)

@@ -6,13 +6,13 @@ Register with `main.add_command(review)`; the group also works on its own (error
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from medseg.cli_errors import ErrorReportingGroup
+from medseg.cli.errors import ErrorReportingGroup
+from medseg.cli.options import table_console
 
 __all__ = ["review"]
 
@@ -20,16 +20,6 @@ __all__ = ["review"]
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def review() -> None:
     """Review pages for `medseg run` output and radiologists' accept / reject sheets."""
-
-
-def _console() -> Any:
-    """Console for stdout tables; 120 columns when piped unless COLUMNS is set."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=120)
-    return console
 
 
 def _rate(row: Any) -> str:
@@ -41,7 +31,7 @@ def _rate(row: Any) -> str:
 def _print_summary(summary: Any) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = table_console()
     reviewers = ", ".join(summary.reviewers) or "unnamed"
     console.print(f"{summary.path}: {summary.decisions} decision(s), {summary.pending} row(s) undecided, "
                   f"reviewer(s): {reviewers}", markup=False, highlight=False)

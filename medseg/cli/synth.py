@@ -50,27 +50,22 @@ def ct(cases: int, out: Path, seed: int, size: int, slices: int | None, findings
        preview: bool) -> None:
     """Synthetic chest CT phantoms: DICOM series, lobes.nii.gz, lungs.nii.gz, findings.json, manifest.yaml."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from medseg.data.phantom import Components
     from medseg.data.phantom.ct_case import synth_ct_dataset
+    from medseg.progress import progress_bar
 
     kinds = _parse_findings(findings)
     components = Components.without(without)
-    console = Console(stderr=True)
     rows = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        overall = bar.add_task("cases", total=cases)
-        slices_task = bar.add_task("case_000 slices", total=None)
+    with progress_bar(cases, "cases") as advance:
 
         def on_slice(done: int, total: int) -> None:
-            bar.update(slices_task, completed=done, total=total)
+            advance(0, info=f"case_{len(rows):03d} slice {done}/{total}")
 
         def on_case(result) -> None:
-            bar.advance(overall)
-            bar.update(slices_task, description=f"case_{len(rows) + 1:03d} slices", completed=0)
+            advance(1, info=f"{result.case_id} done")
             a = result.acquisition
             rows.append((result.case_id, f"{a.size}x{a.size}x{a.slices}", f"{a.pixel_spacing:.2f}",
                          f"{a.slice_spacing:.2f}/{a.slice_thickness:.2f}", a.patient_position, a.truncation or "-",

@@ -1,76 +1,35 @@
-"""`medseg validate WORKFLOW.yaml` (check a workflow and the files it names) and `medseg run WORKFLOW.yaml`."""
+"""`medseg validate WORKFLOW.yaml` (check a workflow and the files it names) and `medseg run WORKFLOW.yaml`:
+thin layers over `medseg.api.workflow` (`medseg.run`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-__all__ = ["file_problems", "run", "validate"]
+from medseg.cli.options import parse_overrides
 
+__all__ = ["run", "validate"]
 
-def file_problems(workflow) -> tuple[list[str], list[str]]:
-    """(errors, warnings) about files the workflow names: inputs, models, configs, QC ranges, labels."""
-    errors: list[str] = []
-    warnings: list[str] = []
-    synthesized = [(index, Path(step.out)) for index, step in enumerate(workflow.steps) if step.kind == "synthesize"]
-
-    def made_by(path: Path) -> str | None:
-        """'steps[i] synthesize' when a synthesize step writes `path` (or a folder holding it)."""
-        for index, folder in synthesized:
-            if path == folder or folder in path.parents or path in folder.parents:
-                return f"steps[{index}] synthesize"
-        return None
-
-    inputs = workflow.inputs
-    if inputs is not None:
-        source = inputs.path or inputs.manifest
-        if not source.exists() and made_by(source):
-            warnings.append(f"inputs: {source} does not exist yet ({made_by(source)} writes it)")
-        elif not source.exists():
-            errors.append(f"inputs: {source} does not exist")
-        elif inputs.manifest is not None and not source.is_file():
-            errors.append(f"inputs.manifest: {source} is not a file")
-    trains = [step for step in workflow.steps if step.kind == "train"]
-    for index, step in enumerate(workflow.steps):
-        for key in ("model", "config", "qc"):
-            path = getattr(step, key, None)
-            if path is None or Path(path).is_file():
-                continue
-            if key == "model" and any(workflow.steps.index(t) < index for t in trains):
-                warnings.append(f"steps[{index}] {step.kind}.model: {path} does not exist yet (an earlier train "
-                                "step must produce it)")
-            else:
-                errors.append(f"steps[{index}] {step.kind}.{key}: no such file {path}")
-        report = getattr(step, "auc_report", None)
-        if report is not None and not Path(report.labels).is_file() and made_by(Path(report.labels)):
-            warnings.append(f"steps[{index}] export.auc_report.labels: {report.labels} does not exist yet "
-                            f"({made_by(Path(report.labels))} writes it)")
-        elif report is not None and not Path(report.labels).is_file():
-            errors.append(f"steps[{index}] export.auc_report.labels: no such file {report.labels}")
-    return errors, warnings
-
-
-_LATER = "does not exist yet"
+_SET_HELP = "Override a value, e.g. {example} (repeatable)."
 
 
 @click.command()
 @click.argument("workflow_path", metavar="WORKFLOW", type=click.Path(path_type=Path))
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override a value, e.g. --set inputs.path=/data --set steps.1.tta=true (repeatable).")
+              help=_SET_HELP.format(example="--set inputs.path=/data --set steps.1.tta=true"))
 @click.option("--json", "as_json", is_flag=True, help="Print the validated workflow as JSON.")
 def validate(workflow_path: Path, settings: tuple[str, ...], as_json: bool) -> None:
     """Check a workflow file: schema (with the YAML line of each problem) and the files it names."""
-    from medseg.cli_train import _parse_overrides
+    from medseg.api.workflow import check_workflow
     from medseg.errors import ConfigError
-    from medseg.workflow import load_workflow
+    from medseg.jsonable import dumps_json
 
-    workflow = load_workflow(workflow_path, _parse_overrides(settings))
-    errors, warnings = file_problems(workflow)
+    checked = check_workflow(workflow_path, parse_overrides(settings))
+    workflow, errors, warnings = checked.workflow, checked.errors, checked.warnings
     if as_json:
-        click.echo(json.dumps({"workflow": workflow.model_dump(mode="json"), "errors": errors,
-                               "warnings": warnings}, indent=2))
+        click.echo(dumps_json({"workflow": workflow.model_dump(mode="json"), "errors": errors,
+                               "warnings": warnings}))
     else:
         click.echo(f"{workflow_path}: workflow '{workflow.name}', {len(workflow.steps)} steps: "
                    + " -> ".join(step.kind for step in workflow.steps))
@@ -93,7 +52,7 @@ def validate(workflow_path: Path, settings: tuple[str, ...], as_json: bool) -> N
               help="Process this folder tree (or manifest .yaml) instead of the workflow's inputs.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Run folder (output.dir).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override a value, e.g. --set executor.workers=2 --set steps.1.tta=true (repeatable).")
+              help=_SET_HELP.format(example="--set executor.workers=2 --set steps.1.tta=true"))
 @click.option("--force", is_flag=True, help="Redo cases finished by an earlier run.")
 @click.pass_context
 def run(ctx: click.Context, workflow_path: Path, input_path: Path | None, output: Path | None,
@@ -102,27 +61,16 @@ def run(ctx: click.Context, workflow_path: Path, input_path: Path | None, output
 
     Finished cases are skipped on a rerun (resumable); a failing case is recorded and the batch goes on.
     """
-    from medseg.cli_train import _parse_overrides
-    from medseg.errors import ConfigError
-    from medseg.workflow import load_workflow
-    from medseg.workflow.runner import run_workflow
+    from medseg.api.workflow import NOT_YET, check_workflow, run_checked, workflow_overrides
 
-    overrides = _parse_overrides(settings)
-    if input_path is not None:
-        manifest = input_path.is_file() and input_path.suffix.lower() in (".yaml", ".yml", ".json")
-        overrides.update({"inputs.path": None if manifest else str(input_path),
-                          "inputs.manifest": str(input_path) if manifest else None, "inputs.glob": None})
-    if output is not None:
-        overrides["output.dir"] = str(output)
-    workflow = load_workflow(workflow_path, overrides)
-    errors, warnings = file_problems(workflow)
-    for warning in warnings:
-        if _LATER not in warning:   # files the workflow's own synthesize/train steps write
+    overrides = workflow_overrides(input=input_path, output=output, settings=parse_overrides(settings))
+    checked = check_workflow(workflow_path, overrides)
+    for warning in checked.warnings:
+        if NOT_YET not in warning:   # files the workflow's own synthesize/train steps write
             click.echo(f"warning: {warning}", err=True)
-    if errors:
-        raise ConfigError(f"{len(errors)} problem(s): " + "; ".join(errors), workflow_path)
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    summary = run_workflow(workflow, force=force, progress=not quiet)
+    summary = run_checked(checked, force=force, progress=not quiet)
+    workflow = checked.workflow
     _print_summary(workflow.name, summary)
     click.echo(f"record: {summary.output / 'run.json'}")
     if (summary.output / "index.html").is_file():

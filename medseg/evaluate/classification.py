@@ -1,9 +1,10 @@
 """Classification evaluation: read labels/predictions CSVs, score every class, write the report files.
 
-CSV layout (labels and predictions alike): a column `image` (path or id; rows are matched by it as exact
-strings), then one column per class named after it: 0/1 in labels, probabilities in [0, 1] in predictions.
-Predictions may add `<class>_call` columns (0/1 decisions at the model's stored thresholds) and other columns,
-which are ignored; the classes are the label file's class columns.
+CSV layout (labels and predictions alike): a column `image` (path or id; rows are paired by
+`medseg.evaluate.matching`: the exact string, then the same file, then a unique file name), then one column per
+class named after it: 0/1 in labels, probabilities in [0, 1] in predictions. Predictions may add `<class>_call`
+columns (0/1 decisions at the model's stored thresholds) and other columns, which are ignored; the classes are
+the label file's class columns.
 
 Statistics per class (one-vs-rest in the multi-class case) come from `medseg.evaluate.roc`: AUC with a
 stratified-bootstrap and a DeLong interval, average precision, decisions at an operating point with Wilson
@@ -20,7 +21,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ import numpy as np
 
 from medseg.errors import ConfigError, InputError
 from medseg.evaluate import roc
+from medseg.evaluate.predictions import CALL_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ SPECIFICITY_TARGET = 0.9
 SENSITIVITY_TARGET = 0.9
 CANDIDATE_RULES = ("youden", "sensitivity:0.9", "specificity:0.9", "0.5")
 """Operating points tabulated for every class in operating_points.csv, beside the one used."""
-CALL_SUFFIX = "_call"
 _SUM_TOLERANCE = 0.01
 """A multi-class (softmax) prediction row must sum to 1 within this tolerance (rounded CSV values)."""
 _SHOWN = 5
@@ -85,23 +86,21 @@ class ClassTable:
         calls = None if self.calls is None else self.calls[:, index]
         return replace(self, classes=list(classes), values=self.values[:, index], calls=calls)
 
-    def aligned_to(self, reference: ClassTable) -> ClassTable:
-        """Rows reordered to `reference.images` (the labels).
+    def aligned_to(self, reference: ClassTable, *, files: Sequence[str] | None = None) -> ClassTable:
+        """Rows reordered to `reference.images` (the labels), paired by `medseg.evaluate.matching`.
 
         Images of the reference missing here are an InputError (a silently smaller test set biases every
-        number); extra images here (predictions for unlabelled images) are dropped with a warning.
+        number); extra images here (predictions for unlabelled images) are dropped with a warning. `files`: the
+        file each row here was computed from, when known.
         """
-        mine, theirs = set(self.images), set(reference.images)
-        only_there = [image for image in reference.images if image not in mine]
-        if only_there:
-            raise InputError(f"{len(only_there)} image(s) of {reference.path} are not in this file "
-                             f"(e.g. {_few(only_there)}) — rows are matched by the exact `image` value", self.path)
-        only_here = [image for image in self.images if image not in theirs]
+        from medseg.evaluate.matching import match_rows, prediction_order
+
+        matching = match_rows(reference.images, reference.path, self.images, self.path, pred_files=files)
+        order = prediction_order(matching, reference.images, reference.path, self.images, self.path)
+        only_here = [image for image, label in zip(self.images, matching.label_of, strict=True) if label is None]
         if only_here:
             log.warning("%s: %d image(s) have no labels in %s and are left out (e.g. %s)", self.path,
                         len(only_here), reference.path, _few(only_here))
-        row = {image: i for i, image in enumerate(self.images)}
-        order = [row[image] for image in reference.images]
         calls = None if self.calls is None else self.calls[order]
         return replace(self, images=list(reference.images), values=self.values[order], calls=calls)
 
@@ -323,7 +322,9 @@ class ClassificationReport:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict: NaN and infinities become null, arrays lists."""
-        return _json_safe(self)
+        from medseg.jsonable import finite_json, to_json_types
+
+        return finite_json(to_json_types(asdict(self)))
 
     def per_class_rows(self) -> list[dict[str, Any]]:
         """One flat row per class, then `macro` and `micro` rows (AUC and average precision only)."""
@@ -358,24 +359,6 @@ def _percent(fraction: float) -> str:
 
 def _estimate_columns(name: str, estimate: Estimate | roc.Proportion) -> dict[str, float]:
     return {name: estimate.value, f"{name}_low": estimate.low, f"{name}_high": estimate.high}
-
-
-def _json_safe(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _json_safe(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -682,17 +665,15 @@ def _operating_point_rows(report: ClassificationReport) -> list[dict[str, Any]]:
 
 def write_report(report: ClassificationReport, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write report.json, per_class.csv, operating_points.csv, the figures and report.html (all atomically)."""
-    import json
-
     from medseg.evaluate.cls_report import write_figures, write_html
     from medseg.io.atomic import write_atomically
+    from medseg.jsonable import dumps_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     document = report.to_json()
     paths = {"report.json": write_atomically(
-        out / "report.json",
-        lambda p: p.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8"))}
+        out / "report.json", lambda p: p.write_text(dumps_json(document) + "\n", encoding="utf-8"))}
     paths["per_class.csv"] = _write_csv(out / "per_class.csv", report.per_class_rows())
     paths["operating_points.csv"] = _write_csv(out / "operating_points.csv", _operating_point_rows(report))
     figures = write_figures(report, out)

@@ -12,6 +12,7 @@ import re
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,7 +20,10 @@ from torch import nn
 
 from medseg.errors import ConfigError
 
-__all__ = ["cam_filename", "cam_overlay", "grad_cam", "save_cam_panel"]
+__all__ = ["CamClasses", "cam_filename", "cam_overlay", "cam_panels", "choose_cam_classes", "grad_cam",
+           "save_cam_panel"]
+
+CamClasses = Literal["called", "top", "all"]
 
 _CAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """model -> {layer: GradCAM}: MONAI's GradCAM adds hooks it never removes, so build one per model and layer."""
@@ -67,6 +71,30 @@ def grad_cam(model: nn.Module, images: np.ndarray | torch.Tensor, class_index: i
     finally:
         model.train(was_training)
     return np.asarray(torch.as_tensor(maps).detach().float().cpu())[:, 0]
+
+
+def choose_cam_classes(probabilities: np.ndarray, calls: np.ndarray | None, which: CamClasses = "called"
+                       ) -> list[int]:
+    """Class indices to explain: those called positive (the top class when none), the top class, or all."""
+    probabilities = np.asarray(probabilities)
+    top = [int(np.argmax(probabilities))]
+    if which == "all":
+        return list(range(len(probabilities)))
+    if which == "top":
+        return top
+    if which != "called":
+        raise ConfigError(f"unknown Grad-CAM class choice {which!r} (choose called, top or all)")
+    called = [] if calls is None else [int(i) for i in np.flatnonzero(calls)]
+    return called or top
+
+
+def cam_panels(model: nn.Module, image: np.ndarray, classes: Sequence[str], probabilities: np.ndarray,
+               calls: np.ndarray | None = None, which: CamClasses = "called") -> list[tuple[str, float, np.ndarray]]:
+    """(class name, probability, `(H, W)` Grad-CAM) for the classes `choose_cam_classes` picks; `image` is the
+    `(H, W)` or `(1, H, W)` model input."""
+    batch = np.asarray(image, dtype=np.float32).reshape(1, 1, *np.shape(image)[-2:])
+    return [(classes[k], float(probabilities[k]), grad_cam(model, batch, k)[0])
+            for k in choose_cam_classes(probabilities, calls, which)]
 
 
 def cam_overlay(image: np.ndarray, cam: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:

@@ -8,10 +8,8 @@ target sensitivity / specificity); the thresholds are written into that checkpoi
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -90,19 +88,13 @@ def _class_weights(config: TrainConfig, data: ClassificationSet) -> tuple[list[f
 
 def _write_predictions(path: Path, data: ClassificationSet, probs: np.ndarray,
                        thresholds: dict[str, float] | None) -> None:
-    from medseg.io.atomic import atomic_path
+    from medseg.evaluate.predictions import PredictionRow, write_predictions
 
-    header = ["image", *data.classes]
-    if thresholds:
-        header += [f"{name}_call" for name in data.classes]
-    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for row, image in enumerate(data.image_ids):
-            values: list[Any] = [image, *(f"{p:.6f}" for p in probs[row])]
-            if thresholds:
-                values += [int(probs[row, c] >= thresholds[name]) for c, name in enumerate(data.classes)]
-            writer.writerow(values)
+    write_predictions([PredictionRow(image, dict(zip(data.classes, map(float, probs[row]), strict=True)),
+                                     None if not thresholds else
+                                     {name: int(probs[row, c] >= thresholds[name])
+                                      for c, name in enumerate(data.classes)})
+                       for row, image in enumerate(data.image_ids)], path)
 
 
 def train_classification(config: TrainConfig, *, resume: bool = False, progress: bool = True,

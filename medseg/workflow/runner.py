@@ -258,23 +258,15 @@ def _run_locked(workflow: Workflow, out: Path, *, force: bool, progress: bool,
 def _batch_predictions(workflow: Workflow, outcomes: list[CaseOutcome], out: Path, record: dict[str, Any],
                        sources: dict[str, str]) -> None:
     """predictions.csv for every classified radiograph (the `medseg classify` layout) and the AUC report."""
-    import csv
+    from medseg.evaluate.predictions import PredictionRow, write_predictions
 
-    from medseg.io.atomic import atomic_path
-
-    rows = [o for o in outcomes if o.kind == "xray" and o.status in ("done", "skipped") and o.summary]
-    if not rows:
+    done = [o for o in outcomes if o.kind == "xray" and o.status in ("done", "skipped") and o.summary]
+    if not done:
         return
-    classes = list(rows[0].summary["probabilities"])   # the model's class order
-    path = out / "predictions.csv"
-    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", *classes, *(f"{name}_call" for name in classes)])
-        for o in rows:
-            image = o.case_id if workflow.inputs.manifest is None else _manifest_image(workflow, sources.get(
-                o.case_id, o.source))
-            writer.writerow([image, *(o.summary["probabilities"][n] for n in classes),
-                             *(o.summary["calls"][n] for n in classes)])
+    rows = [PredictionRow(o.case_id if workflow.inputs.manifest is None
+                          else _manifest_image(workflow, sources.get(o.case_id, o.source)),
+                          o.summary["probabilities"], o.summary["calls"]) for o in done]
+    path = write_predictions(rows, out / "predictions.csv")
     record["predictions"] = path.name
     export = workflow.step("export")
     if export is not None and export.auc_report is not None:
@@ -285,7 +277,7 @@ def _batch_predictions(workflow: Workflow, outcomes: list[CaseOutcome], out: Pat
         preds = read_prediction_table(path, "predictions", classes=labels.classes)
         preds = replace(preds, images=_label_keys(Path(report.labels), labels.images,
                                                   [(image, sources.get(o.case_id, o.source))
-                                                   for image, o in zip(preds.images, rows, strict=True)]))
+                                                   for image, o in zip(preds.images, done, strict=True)]))
         result = evaluate_classification(labels, preds, operating_point=report.operating_point,
                                          n_resamples=report.resamples, seed=workflow.seed)
         write_report(result, out / "auc_report")
@@ -293,29 +285,13 @@ def _batch_predictions(workflow: Workflow, outcomes: list[CaseOutcome], out: Pat
 
 
 def _label_keys(labels_csv: Path, label_images: list[str], predicted: list[tuple[str, str]]) -> list[str]:
-    """For each (predictions.csv image, source file): the labels.csv `image` it is, else the image unchanged.
+    """For each (predictions.csv image, source file): the labels.csv `image` it is, else the image unchanged
+    (`medseg.evaluate.matching` pairs them)."""
+    from medseg.evaluate.matching import label_keys
 
-    A labels entry names the same file (relative to labels.csv) or, failing that, the same file name without
-    extension when exactly one labels entry has it (the DICOM and the PNG of one radiograph).
-    """
-    base = labels_csv.resolve().parent
-    by_path = {os.path.normpath(base / image): image for image in label_images}
-    by_stem: dict[str, list[str]] = {}
-    for image in label_images:
-        by_stem.setdefault(_stem(image), []).append(image)
-    keys = []
-    for image, source in predicted:
-        key = by_path.get(os.path.normpath(Path(source).resolve()))
-        if key is None:
-            candidates = by_stem.get(_stem(source), [])
-            key = candidates[0] if len(candidates) == 1 else image
-        keys.append(key)
-    return keys
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+    images = [image for image, _ in predicted]
+    keys = label_keys(label_images, labels_csv, images, labels_csv, pred_files=[source for _, source in predicted])
+    return [key if key is not None else image for key, image in zip(keys, images, strict=True)]
 
 
 def _manifest_image(workflow: Workflow, source: str) -> str:
