@@ -71,7 +71,7 @@ def test_dropout_sits_before_the_head_and_keeps_parameter_names():
 
 
 def test_cxr_config_builds():
-    config = load_model_config(CONFIGS / "cxr_densenet121.yaml")
+    config = load_model_config(CONFIGS / "cxr_densenet121.yaml", derived={"in_channels": 1, "out_channels": 6})
     assert config["architecture"] == "densenet121"
     model = create_model_from_config(config).eval()
     with torch.no_grad():

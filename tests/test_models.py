@@ -473,19 +473,32 @@ def test_checkpoint_errors(tmp_path):
 # --------------------------------------------------------------------------------------- configs
 
 
-def test_repository_model_configs_build():
+def test_repository_model_configs_build_and_feed_the_training_recipes(tmp_path):
+    from medseg.train.config import load_train_config
+
     paths = sorted(CONFIGS.glob("*.yaml"))
-    assert any(p.name == "lobes_unet_resnet18_2p5d.yaml" for p in paths)
-    lobes = load_model_config(CONFIGS / "lobes_unet_resnet18_2p5d.yaml")
+    assert any(p.name == "lobes_unet_resnet18.yaml" for p in paths)
+    lobes = load_model_config(CONFIGS / "lobes_unet_resnet18.yaml", derived={"in_channels": 15, "out_channels": 6})
     assert lobes["architecture"] == "unet_resnet18"
-    assert lobes["architecture_args"] == {"in_channels": 3, "out_channels": 6, "spatial_dims": 2,
+    assert lobes["architecture_args"] == {"in_channels": 15, "out_channels": 6, "spatial_dims": 2,
                                           "decoder_channels": (128, 64, 32, 16, 16), "upsample": "deconv"}
     for path in paths:
-        config = load_model_config(path)
+        config = load_model_config(path, derived={"in_channels": 3, "out_channels": 6})
         model = create_model_from_config(config).eval()
-        channels = config["architecture_args"]["in_channels"]
         with torch.no_grad():
-            assert model(torch.randn(1, channels, 32, 32)).shape[:2] == (1, 6)
+            assert model(torch.randn(1, 3, 32, 32)).shape[:2] == (1, 6)
+    # the recipes use these files; channels stay derived (the lobes recipe stacks 5 slices, not the 3 once here)
+    recipe = load_train_config(CONFIGS.parent / "train" / "lobes.yaml")
+    assert recipe.model.architecture == "unet_resnet18" and "in_channels" not in recipe.model.args
+    assert recipe.model.args["decoder_channels"] == (128, 64, 32, 16, 16)
+    assert load_train_config(CONFIGS.parent / "train" / "cxr.yaml").model.architecture == "densenet121"
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("architecture: unet_resnet18\nin_channels: 3\nout_channels: 6\n")
+    train = tmp_path / "train.yaml"
+    train.write_text(f"data: {{manifest: m.yaml}}\npreprocessing: p.yaml\nmodel: {fixed.name}\n")
+    with pytest.raises(ConfigError, match="in_channels and out_channels must not be set") as info:
+        load_train_config(train)
+    assert info.value.path == str(fixed)
 
 
 def test_model_config_errors(tmp_path):

@@ -57,8 +57,12 @@ def validate_model_config(data: Mapping[str, Any], source: str | os.PathLike[str
     return {"architecture": name, "architecture_args": args, "pretrained": pretrained, "description": description}
 
 
-def load_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a YAML model config (see `validate_model_config` for the result)."""
+def load_model_config(path: str | os.PathLike[str], *, derived: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read and validate a YAML model config (see `validate_model_config` for the result).
+
+    `derived` supplies arguments the file leaves to its user (training sets `in_channels` / `out_channels`
+    from the preprocessing and the labels); values in the file take precedence.
+    """
     from medseg.configfile import MAX_CONFIG_BYTES, load_yaml_text
 
     path = Path(path)
@@ -73,7 +77,9 @@ def load_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason})", path) from None
     data = load_yaml_text(text, path)  # alias bombs and syntax errors: ConfigError naming the file
-    return validate_model_config(data if data is not None else {}, source=path)
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"a model config must be a mapping, found {type(data).__name__}", path)
+    return validate_model_config({**(derived or {}), **(data or {})}, source=path)
 
 
 def create_model_from_config(config: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any) -> nn.Module:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medseg.configfile import key_lines, read_mapping, validate_config
+from medseg.errors import ConfigError
 
 LossName = Literal["dice_ce", "dice", "ce", "focal", "dice_focal", "bce"]
 """Segmentation: dice_ce, dice, ce, focal, dice_focal. Classification: ce, bce, focal."""
@@ -152,6 +153,27 @@ class TrainConfig(_Strict):
         return self
 
 
+_DERIVED_ARGS = ("in_channels", "out_channels")
+"""Set by training from the preprocessing (channels) and the labels or classes, never by a model file."""
+
+
+def _model_section(path: Path) -> dict[str, Any]:
+    """A `model:` section from a model config file (`configs/models/*.yaml`, see `load_model_config`)."""
+    from medseg.models.config import load_model_config
+
+    given = read_mapping(path, "model config")
+    derived = [key for key in _DERIVED_ARGS if key in given]
+    if derived:
+        raise ConfigError(f"{' and '.join(derived)} must not be set in a model config used for training: they "
+                          "follow from the preprocessing and the label map / classes", path)
+    config = load_model_config(path, derived={"in_channels": 1, "out_channels": 2})   # placeholders: validation
+    args = {key: value for key, value in config["architecture_args"].items() if key not in _DERIVED_ARGS}
+    section: dict[str, Any] = {"architecture": config["architecture"], "args": args}
+    if config["pretrained"] is not None:
+        section["pretrained"] = str(path.parent / config["pretrained"])
+    return section
+
+
 def load_train_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a training config; relative paths inside it are taken relative to the config file.
 
@@ -161,6 +183,8 @@ def load_train_config(path: str | os.PathLike[str], overrides: dict[str, Any] | 
     path = Path(path)
     data = read_mapping(path, "training config")
     base = path.resolve().parent
+    if isinstance(data.get("model"), str):
+        data["model"] = _model_section(base / data["model"])
     for key, where in (("manifest", ("data",)), ("cache_dir", ("data",)), ("pretrained", ("model",))):
         section = data.get(where[0])
         if isinstance(section, dict) and isinstance(section.get(key), str):
