@@ -60,7 +60,21 @@ def _check_spatial(key: Hashable, value: MetaTensor) -> None:
                          f"{tuple(value.shape)}")
 
 
-class CropToMaskd(MapTransform, InvertibleTransform):
+class _Recorded(MapTransform, InvertibleTransform):
+    """Inverse for transforms that record themselves: each key's last record is popped and `_undo` applied."""
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = _meta(d[key])
+            d[key] = self._undo(value, self.pop_transform(value))
+        return d
+
+    def _undo(self, value: MetaTensor, record: Mapping[str, Any]) -> MetaTensor:
+        raise NotImplementedError
+
+
+class CropToMaskd(_Recorded):
     """Crop `keys` to the bounding box of `box_key > 0` grown by `margin_mm` (clipped to the array).
 
     The margin is converted to voxels per axis with `box_key`'s spacing. A mask without foreground keeps the
@@ -94,24 +108,19 @@ class CropToMaskd(MapTransform, InvertibleTransform):
                                          extra_info={"start": list(start), "stop": list(stop)})
         return d
 
-    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            value = _meta(d[key])
-            record = self.pop_transform(value)
-            start = record[TraceKeys.EXTRA_INFO]["start"]
-            stop = record[TraceKeys.EXTRA_INFO]["stop"]
-            shape = tuple(int(n) for n in record[TraceKeys.ORIG_SIZE])
-            tensor = value.as_tensor()
-            full = torch.zeros((tensor.shape[0], *shape), dtype=tensor.dtype)
-            full[(slice(None), *(slice(a, b) for a, b in zip(start, stop, strict=True)))] = tensor
-            shift = np.eye(4)
-            shift[:3, 3] = -np.asarray(start, dtype=np.float64)
-            d[key] = _derived(value, full, _affine(value) @ shift)
-        return d
+    def _undo(self, value: MetaTensor, record: Mapping[str, Any]) -> MetaTensor:
+        start = record[TraceKeys.EXTRA_INFO]["start"]
+        stop = record[TraceKeys.EXTRA_INFO]["stop"]
+        shape = tuple(int(n) for n in record[TraceKeys.ORIG_SIZE])
+        tensor = value.as_tensor()
+        full = torch.zeros((tensor.shape[0], *shape), dtype=tensor.dtype)
+        full[(slice(None), *(slice(a, b) for a, b in zip(start, stop, strict=True)))] = tensor
+        shift = np.eye(4)
+        shift[:3, 3] = -np.asarray(start, dtype=np.float64)
+        return _derived(value, full, _affine(value) @ shift)
 
 
-class ReorientToRASd(MapTransform, InvertibleTransform):
+class ReorientToRASd(_Recorded):
     """Permute and flip the spatial axes of `keys` to RAS order (axis 0 towards patient right, ...); exact.
 
     The result is a copy (same dtype) laid out slice-major (Z, X, Y) in memory, which the resample reads as is.
@@ -135,19 +144,14 @@ class ReorientToRASd(MapTransform, InvertibleTransform):
                                          extra_info={"ornt": orientation.ornt.tolist()})
         return d
 
-    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            value = _meta(d[key])
-            record = self.pop_transform(value)
-            shape = tuple(int(n) for n in record[TraceKeys.ORIG_SIZE])
-            orientation = Reorientation(np.asarray(record[TraceKeys.EXTRA_INFO]["ornt"]), shape)  # type: ignore[arg-type]
-            affine = _affine(value) @ np.linalg.inv(np.asarray(orientation.affine(np.eye(4))))
-            d[key] = _derived(value, orientation.undo_tensor(value.as_tensor()), affine)
-        return d
+    def _undo(self, value: MetaTensor, record: Mapping[str, Any]) -> MetaTensor:
+        shape = tuple(int(n) for n in record[TraceKeys.ORIG_SIZE])
+        orientation = Reorientation(np.asarray(record[TraceKeys.EXTRA_INFO]["ornt"]), shape)  # type: ignore[arg-type]
+        affine = _affine(value) @ np.linalg.inv(np.asarray(orientation.affine(np.eye(4))))
+        return _derived(value, orientation.undo_tensor(value.as_tensor()), affine)
 
 
-class ResampleToSpacingd(MapTransform, InvertibleTransform):
+class ResampleToSpacingd(_Recorded):
     """Resample `keys` to `spacing` (mm; None keeps the spacing) on the same box, half-pixel-centred.
 
     Images: in-plane Gaussian pre-blur when shrinking by 1.5x or more, then trilinear; float32 out.
@@ -178,21 +182,16 @@ class ResampleToSpacingd(MapTransform, InvertibleTransform):
                                          extra_info={"mode": "nearest-exact" if labels else "trilinear"})
         return d
 
-    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            value = _meta(d[key])
-            record = self.pop_transform(value)
-            plan = Resampling(tuple(int(n) for n in record[TraceKeys.ORIG_SIZE]),  # type: ignore[arg-type]
-                              tuple(int(n) for n in value.shape[1:]))
-            slices = value.as_tensor().permute(0, 3, 1, 2)                 # (C, Z', X', Y')
-            if record[TraceKeys.EXTRA_INFO]["mode"] in _LABEL_MODES:
-                back = plan.back_labels(slices)
-            else:
-                back = torch.cat([values for _, values in plan.back_slabs(slices)], dim=1)
-            affine = _affine(value) @ np.linalg.inv(plan.index_map())
-            d[key] = _derived(value, back.permute(0, 2, 3, 1), affine)
-        return d
+    def _undo(self, value: MetaTensor, record: Mapping[str, Any]) -> MetaTensor:
+        plan = Resampling(tuple(int(n) for n in record[TraceKeys.ORIG_SIZE]),  # type: ignore[arg-type]
+                          tuple(int(n) for n in value.shape[1:]))
+        slices = value.as_tensor().permute(0, 3, 1, 2)                     # (C, Z', X', Y')
+        if record[TraceKeys.EXTRA_INFO]["mode"] in _LABEL_MODES:
+            back = plan.back_labels(slices)
+        else:
+            back = torch.cat([values for _, values in plan.back_slabs(slices)], dim=1)
+        affine = _affine(value) @ np.linalg.inv(plan.index_map())
+        return _derived(value, back.permute(0, 2, 3, 1), affine)
 
 
 def model_grid_slices(image: Any) -> torch.Tensor:
