@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from medseg.errors import ConfigError, InputError, MedsegError
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_MANIFEST_BYTES", "MAX_YAML_NODES", "ConfigSchemaError", "format_validation_error",
-           "key_lines", "load_config", "load_yaml_text", "read_mapping", "validate_config"]
+           "key_lines", "load_config", "load_json_text", "load_yaml_text", "read_mapping", "validate_config"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -55,12 +55,7 @@ def _parse_mapping(path: Path, what: str, max_bytes: int | None = None,
     text = _read_text(path, what, max_bytes)
     found: dict[tuple[Any, ...], int] = {}
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path) from exc
-        except RecursionError:
-            raise ConfigError("invalid JSON: nested too deeply", path) from None
+        data = load_json_text(text, path)
     else:
         data, found = _load_yaml(text, path, lines)
     if not isinstance(data, dict):
@@ -83,6 +78,17 @@ def _read_text(path: Path, what: str = "config", max_bytes: int | None = None) -
         raise InputError(f"is a folder, not a {what} file", path) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason})", path) from exc
+
+
+def load_json_text(text: str, path: str | os.PathLike[str] | None = None, what: str = "") -> Any:
+    """`json.loads(text)`; syntax errors and over-deep nesting are a `ConfigError` naming `path` (and `what`)."""
+    prefix = f"{what} is not valid JSON" if what else "invalid JSON"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{prefix} at line {exc.lineno}, column {exc.colno}: {exc.msg}", path) from None
+    except RecursionError:
+        raise ConfigError(f"{prefix}: nested too deeply", path) from None
 
 
 def load_yaml_text(text: str, path: str | os.PathLike[str] | None = None) -> Any:

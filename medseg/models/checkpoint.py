@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from medseg.configfile import load_json_text
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import atomic_path
 from medseg.jsonable import to_json_types
@@ -324,13 +325,7 @@ def _card_from_metadata(path: Path, metadata: Mapping[str, Any]) -> ModelCard:
     if not isinstance(text, str):
         raise ConfigError(f"model card (metadata 'medseg_card') must be a JSON string, found {type(text).__name__}",
                           path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"model card is not valid JSON: {exc.msg}", path) from None
-    except RecursionError:
-        raise ConfigError("model card is not valid JSON: nested too deeply", path) from None
-    return ModelCard.from_dict(data, source=path)
+    return ModelCard.from_dict(load_json_text(text, path, "model card"), source=path)
 
 
 def _load_torch(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
