@@ -49,15 +49,6 @@ def _check_nifti(path: str | os.PathLike[str]) -> None:
         raise InputError("output must end in .nii or .nii.gz", path)
 
 
-def label_volumes(labels: Volume, names: dict[int, str]) -> dict[str, float]:
-    """Millilitres per named label (background 0 left out), rounded to 0.1 ml."""
-    import numpy as np
-
-    voxel_ml = float(abs(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
-    counts = np.bincount(labels.array.ravel(), minlength=max(names, default=0) + 1)
-    return {name: round(float(counts[value]) * voxel_ml, 1) for value, name in names.items() if value}
-
-
 def segment(input: str | os.PathLike[str] | Volume, output: str | os.PathLike[str] | None = None, *,
             model: str | os.PathLike[str] | None = None, task: Task = "lobes", device: str = "auto",
             options: SegmentOptions | None = None) -> Segmentation:
@@ -68,6 +59,7 @@ def segment(input: str | os.PathLike[str] | Volume, output: str | os.PathLike[st
     Timings: load_model, read, the segmenter's stages, and write when `output` is given.
     """
     from medseg.device import resolve_device
+    from medseg.export.statistics import label_volumes
     from medseg.infer.segment import LobeSegmenter, segment_lungs
     from medseg.io import Volume, load_volume, require_ct, write_nifti
 

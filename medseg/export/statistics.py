@@ -39,6 +39,7 @@ __all__ = [
     "LobeRow",
     "LobeStatistics",
     "QcRanges",
+    "label_volumes",
     "load_qc_ranges",
     "lobe_statistics",
     "write_statistics",
@@ -180,6 +181,13 @@ class LobeStatistics:
                 record[name] = value
             out.append(record)
         return out
+
+
+def label_volumes(labels: Volume, names: Mapping[int, str]) -> dict[str, float]:
+    """Millilitres per named label of a label map (background 0 left out), rounded to 0.1 ml."""
+    voxel_ml = float(abs(np.linalg.det(labels.affine[:3, :3]))) / 1000.0
+    counts = np.bincount(np.asarray(labels.array).ravel(), minlength=max(names, default=0) + 1)
+    return {name: round(float(counts[value]) * voxel_ml, 1) for value, name in names.items() if value}
 
 
 def write_statistics(stats: LobeStatistics, csv_path: str | os.PathLike[str],

@@ -114,6 +114,7 @@ def read_case(case: Case, workflow: Workflow, models: CaseModels) -> Any:
 
 
 def _process_ct(case: Case, volume, workflow: Workflow, models: CaseModels, work: Path, outcome: CaseOutcome) -> None:
+    from medseg.export.statistics import label_volumes
     from medseg.infer.segment import segment_lungs
 
     started = time.perf_counter()
@@ -127,9 +128,7 @@ def _process_ct(case: Case, volume, workflow: Workflow, models: CaseModels, work
     names = label_map.names()
     outcome.timings["segment"] = time.perf_counter() - started
     labels = result.labels
-    voxel_ml = float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    counts = np.bincount(labels.array.ravel(), minlength=max(names, default=0) + 1)
-    outcome.summary["volumes_ml"] = {names[v]: round(float(counts[v]) * voxel_ml, 1) for v in names if v}
+    outcome.summary["volumes_ml"] = label_volumes(labels, names)
     if workflow.step("statistics") is not None:
         from medseg.export.statistics import load_qc_ranges, lobe_statistics, write_statistics
 
