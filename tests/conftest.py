@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REALDATA_COHORTS = Path(__file__).resolve().parents[2] / "shared" / "realdata_cohorts"
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,14 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip("../shared/realdata is not available")
     return REALDATA
+
+
+@pytest.fixture(scope="session")
+def realdata_cohorts() -> Path:
+    """`../shared/realdata_cohorts`; tests using it skip cleanly only when the folder is absent."""
+    if not REALDATA_COHORTS.is_dir():
+        pytest.skip("../shared/realdata_cohorts is not available")
+    return REALDATA_COHORTS
 
 
 def sitk_read_series(folder: Path):

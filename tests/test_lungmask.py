@@ -1,7 +1,10 @@
 """Classical lung mask: sides from the affine, airway and gas excluded, touching lungs split, thin volumes.
 
-Real data come from `../shared/realdata` (skipped when absent); synthetic chests are built here in numpy
-(`synthetic_chest`, also used by `benchmarks/lungmask_bench.py`) and one small phantom comes from the CT generator.
+Real data come from `../shared/realdata` and `../shared/realdata_cohorts` (skipped when absent); the four
+whole-thorax Lung-PET-CT-Dx series are also degraded here (`degraded`: 4-7 mm pixels, cropped fields of view,
+thick slices, blur, noise, other storage orders) to reproduce low-resolution scanner exports; synthetic chests
+are built here in numpy (`synthetic_chest`, also used by `benchmarks/lungmask_bench.py`) and small phantoms come
+from the CT generator.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 
 from medseg.errors import InputError
-from medseg.infer.lungmask import LEFT_LUNG, RIGHT_LUNG, LungMaskSettings, lung_mask
+from medseg.infer.lungmask import LEFT_LUNG, RIGHT_LUNG, LungMaskSettings, body_mask, lung_mask
 from medseg.io import Volume, load_volume, read_nifti
 
 
@@ -279,6 +282,7 @@ def test_real_abdomen_lung_bases(realdata: Path) -> None:
     lobes = np.isin(seg, [10, 11, 12, 13, 14])
     with_lobes = lobes.any(axis=(0, 1))
     assert dice(mask[..., with_lobes] > 0, lobes[..., with_lobes]) > 0.9
+    assert dice(mask > 0, lobes) >= 0.95, "TotalSegmentator's lungs (labels 10-14)"
     assert dice(mask == RIGHT_LUNG, np.isin(seg, [12, 13, 14])) > 0.85
     assert dice(mask == LEFT_LUNG, np.isin(seg, [10, 11])) > 0.85
     assert np.count_nonzero(mask[..., ~with_lobes]) <= 10, "bowel gas below the lungs is not lung"
@@ -307,3 +311,222 @@ def test_full_size_touching_chest() -> None:
     check_sides(volume, mask)
     assert dice(mask == RIGHT_LUNG, truth == RIGHT_LUNG) >= 0.95
     assert dice(mask == LEFT_LUNG, truth == LEFT_LUNG) >= 0.95
+
+
+# --- low-resolution and cropped synthetic chests ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "spacing"), [((64, 56, 40), (5.0, 5.0, 8.0)), ((64, 64, 50), (4.0, 4.0, 5.0)),
+                                                ((48, 40, 30), (6.7, 6.7, 8.0))])
+@pytest.mark.parametrize("touching", [True, False])
+def test_low_resolution_synthetic_chest(shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                                        touching: bool) -> None:
+    """Lungs touching at the anterior junction (or apart) at 4-7 mm pixels and 5-8 mm slices; at 4 mm the
+    256 mm field of view cuts the chest wall and the CT table lies at the border."""
+    volume, truth = synthetic_chest(shape, spacing, touching=touching)
+    mask = lung_mask(volume)
+    check_sides(volume, mask)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        assert dice(mask == side, truth == side) >= 0.95, side
+    assert not (mask.astype(bool) & ~body_mask(volume)).any()
+
+
+def test_low_resolution_phantom_dice(tmp_path: Path) -> None:
+    from medseg.data.phantom.ct_case import synth_ct_case
+
+    synth_ct_case(tmp_path / "case", 2, case_id="x", size=64, findings=["nodule"])
+    volume = load_volume(tmp_path / "case" / "ct")
+    truth = read_nifti(tmp_path / "case" / "lungs.nii.gz").array
+    assert min(volume.spacing[:2]) > 5.0
+    mask = lung_mask(volume)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        assert dice(mask == side, truth == side) >= 0.95, side
+
+
+# --- real whole-thorax series and degraded versions of them ----------------------------------------------
+
+LUNG_PET_CT_DX = "ct_lung_pet_ct_dx"
+
+
+def lung_pet_ct_dx_series(cohorts: Path) -> dict[str, Path]:
+    """{patient_kernel: folder} of the four Lung-PET-CT-Dx series listed in SERIES.csv."""
+    import csv
+
+    folder = cohorts / LUNG_PET_CT_DX
+    if not (folder / "SERIES.csv").is_file():
+        pytest.skip(f"{LUNG_PET_CT_DX} is not available")
+    with open(folder / "SERIES.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {f"{row['patient_id'][-5:]}_{row['kernel']}": folder / row["series_dir"] for row in rows}
+
+
+def body_centre(volume: Volume) -> np.ndarray:
+    """RAS centre of the patient in the middle axial slice (largest opened tissue component; axis 2 axial)."""
+    from scipy import ndimage
+
+    k = volume.array.shape[2] // 2
+    parts, _ = ndimage.label(ndimage.binary_opening(volume.array[:, :, k] > -500, iterations=3))
+    body = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+    i, j = np.argwhere(body).mean(axis=0)
+    return volume.world(np.array([i, j, (volume.array.shape[2] - 1) / 2]))
+
+
+def degraded(volume: Volume, pixel_mm: float, slice_mm: float, size: int, shift_mm: tuple[float, float] = (0, 0),
+             storage: str = "LPS", axes: tuple[int, int, int] = (0, 1, 2), noise_hu: float = 10.0,
+             seed: int = 0) -> Volume:
+    """A low-resolution export of an axial series (axis 2 axial), like a resampled NIfTI of a scanner series.
+
+    In-plane area averaging to `pixel_mm`, averaging over `slice_mm` thick slices, a soft blur and noise; a
+    `size` x `size` field of view centred on the patient (plus `shift_mm` in RAS x, y: cropped, lungs cut by
+    the border, table at the edge), stored LPS (DICOM-like) or RAS (NIfTI-like), array axes permuted by `axes`.
+    """
+    import cv2
+    from scipy import ndimage
+
+    source = volume.array.astype(np.float32)
+    rows, cols, slices = source.shape
+    pixel, thickness = float(volume.spacing[0]), float(volume.spacing[2])
+    factor = pixel_mm / pixel
+    small = (max(1, round(cols / factor)), max(1, round(rows / factor)))
+    planes = np.stack([cv2.resize(source[:, :, k], small, interpolation=cv2.INTER_AREA) for k in range(slices)], 2)
+    planes = ndimage.uniform_filter1d(planes, max(1, round(slice_mm / thickness)), axis=2, mode="nearest")
+    scale = np.diag([rows / small[1], cols / small[0], 1.0, 1.0])
+    scale[:2, 3] = (np.array([rows / small[1], cols / small[0]]) - 1) / 2
+    grid_affine = volume.affine @ scale  # index of `planes` -> RAS
+    z_range = thickness * (slices - 1)
+    count = int(z_range // slice_mm) + 1
+    sign = -1.0 if storage == "LPS" else 1.0
+    affine = np.diag([sign * pixel_mm, sign * pixel_mm, slice_mm, 1.0])
+    centre = body_centre(volume) + np.array([shift_mm[0], shift_mm[1], 0.0])
+    affine[:3, 3] = centre - affine[:3, :3] @ np.array([(size - 1) / 2, (size - 1) / 2, (count - 1) / 2])
+    index = np.indices((size, size, count)).reshape(3, -1).astype(np.float64)
+    world = affine[:3, :3] @ index + affine[:3, 3:4]
+    source_index = np.linalg.solve(grid_affine[:3, :3], world - grid_affine[:3, 3:4])
+    array = ndimage.map_coordinates(planes, source_index, order=1, mode="nearest").reshape(size, size, count)
+    array = ndimage.gaussian_filter(array, 0.6) + np.random.default_rng(seed).normal(0, noise_hu, array.shape)
+    out = Volume(np.round(array).astype(np.int16), affine, tags={"Modality": "CT"}, source="degraded")
+    return transposed(out, axes) if axes != (0, 1, 2) else out
+
+
+def to_grid(source: Volume, mask: np.ndarray, target: Volume) -> np.ndarray:
+    """A mask on `source`'s grid sampled (nearest) at the voxel centres of `target`."""
+    from scipy import ndimage
+
+    index = np.indices(target.array.shape).reshape(3, -1).astype(np.float64)
+    world = target.affine[:3, :3] @ index + target.affine[:3, 3:4]
+    source_index = np.linalg.solve(source.affine[:3, :3], world - source.affine[:3, 3:4])
+    return ndimage.map_coordinates(mask.astype(np.uint8), source_index, order=0, cval=0).reshape(
+        target.array.shape) > 0
+
+
+def check_real_lungs(volume: Volume, mask: np.ndarray, what: str) -> None:
+    """Label-free acceptance: both lungs on their side, none outside the body, each 35-65 % of the total."""
+    check_sides(volume, mask)
+    outside = np.count_nonzero(mask.astype(bool) & ~body_mask(volume))
+    assert outside == 0, f"{what}: {outside} lung voxels outside the body (air around the patient or the table)"
+    right, left = np.count_nonzero(mask == RIGHT_LUNG), np.count_nonzero(mask == LEFT_LUNG)
+    assert 0.35 <= right / (right + left) <= 0.65, f"{what}: right lung share {right / (right + left):.2f}"
+
+
+def upper_airway(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    """Trachea and main bronchi of an axial series: central gas blobs from the top slice of the lungs down,
+    each overlapping the airway of the slice above, over the upper 45 % of the lungs' slices."""
+    from scipy import ndimage
+
+    airway = np.zeros(mask.shape, bool)
+    with_lung = np.flatnonzero(mask.any(axis=(0, 1)))
+    step = -1 if volume.affine[2, 2] > 0 else 1
+    top = with_lung[-1] if step < 0 else with_lung[0]
+    previous = None
+    for k in range(top, top + step * int(0.45 * (with_lung[-1] - with_lung[0])), step):
+        for blob in central_gas_blobs(volume, k):
+            if previous is None or (blob & ndimage.binary_dilation(previous, iterations=3)).any():
+                airway[:, :, k] |= blob
+        if not airway[:, :, k].any():
+            break
+        previous = airway[:, :, k]
+    return airway
+
+
+DEGRADED = {  # name: degraded() arguments
+    "64px_8mm": dict(pixel_mm=0.0, slice_mm=8.0, size=64, noise_hu=15.0),  # pixel from the full field of view
+    "4mm_256mm_table_ras": dict(pixel_mm=4.0, slice_mm=5.0, size=64, shift_mm=(0.0, -25.0), storage="RAS"),
+    "4.5mm_252mm_shifted_transposed": dict(pixel_mm=4.5, slice_mm=6.0, size=56, shift_mm=(20.0, 0.0), storage="RAS",
+                                           axes=(2, 1, 0)),
+    "4mm_240mm_anterior": dict(pixel_mm=4.0, slice_mm=5.0, size=60, shift_mm=(0.0, 20.0)),
+}
+
+
+@pytest.mark.parametrize("series", ["A0001_L", "A0001_B", "A0002_B70f", "A0002_B40f"])
+def test_real_whole_thorax_and_degraded(realdata_cohorts: Path, series: str) -> None:
+    """Lung-PET-CT-Dx (Philips 5 mm L/B kernels, Siemens 8 mm B70f/B40f; table in view, tumours) at full
+    resolution and degraded to 64 x 64 pixels, to ~4 mm pixels with a cropped 256 mm field of view (lungs cut by
+    the border, table at the edge, the failure class of a real 64 x 64 x 79 case), shifted and transposed.
+
+    Every version: both lungs on their side, nothing outside the body or on the table, 35-65 % each, trachea
+    and main bronchi excluded (up to 4.5 mm pixels: at 64 x 64, 5.2-6.7 mm pixels, partial volume leaves the
+    narrow tracheas of these patients as dense as the lung), and the degraded masks agree with full resolution.
+    """
+    volume = load_volume(lung_pet_ct_dx_series(realdata_cohorts)[series])
+    full = lung_mask(volume)
+    check_real_lungs(volume, full, series)
+    airway = upper_airway(volume, full)
+    assert np.count_nonzero(airway) > 500, "trachea and main bronchi should be visible"
+    assert np.count_nonzero(full[airway]) <= 0.06 * np.count_nonzero(airway), "trachea and main bronchi are not lung"
+    for name, options in DEGRADED.items():
+        options = dict(options)
+        if not options["pixel_mm"]:
+            options["pixel_mm"] = volume.array.shape[0] * float(volume.spacing[0]) / options["size"]
+        low = degraded(volume, **options)
+        mask = lung_mask(low)
+        what = f"{series} {name}"
+        check_real_lungs(low, mask, what)
+        if options["pixel_mm"] <= 4.5:  # coarser, partial volume makes a narrow trachea as dense as the lung
+            tube = to_grid(volume, airway, low)
+            assert np.count_nonzero(mask[tube]) <= 0.15 * np.count_nonzero(tube), f"{what}: airway labelled as lung"
+        reference = to_grid(volume, full == RIGHT_LUNG, low), to_grid(volume, full == LEFT_LUNG, low)
+        for side, truth in zip((RIGHT_LUNG, LEFT_LUNG), reference, strict=True):
+            assert dice(mask == side, truth) >= 0.93, f"{what}: side {side} disagrees with full resolution"
+
+
+def test_real_pathology_kept(realdata_cohorts: Path) -> None:
+    """Emphysema-like patches (-950..-1000 HU) stay lung; a tumour at the lateral pleura is filled in (not the
+    mediastinum); at full resolution and at 4 mm with a cropped field of view."""
+    volume = load_volume(lung_pet_ct_dx_series(realdata_cohorts)["A0002_B40f"])
+    reference = lung_mask(volume)
+    rng = np.random.default_rng(0)
+    assert np.allclose(volume.affine[:3, :3], np.diag(np.diag(volume.affine)[:3]))  # axis-aligned series
+    spacing = np.abs(np.diag(volume.affine)[:3])
+
+    def ball(centre: np.ndarray, radius_mm: float) -> np.ndarray:
+        box = tuple(slice(max(0, int(c - radius_mm / d) - 1), int(c + radius_mm / d) + 2)
+                    for c, d in zip(centre, spacing, strict=True))
+        grid = np.ogrid[tuple(slice(part.start, min(part.stop, n))
+                              for part, n in zip(box, volume.array.shape, strict=True))]
+        squared = sum(((axis - c) * d) ** 2 for axis, c, d in zip(grid, centre, spacing, strict=True))
+        inside = np.zeros(volume.array.shape, bool)
+        inside[box] = squared <= radius_mm**2
+        return inside
+
+    array = volume.array.copy()
+    right, left = reference == RIGHT_LUNG, reference == LEFT_LUNG
+    emphysema = np.zeros(array.shape, bool)
+    points = np.argwhere(right)
+    for point in points[rng.choice(len(points), 10, replace=False)]:
+        emphysema |= ball(point, rng.uniform(15, 30)) & right
+    array[emphysema] = rng.integers(-1000, -950, np.count_nonzero(emphysema))
+    middle = np.flatnonzero(left.any(axis=(0, 1)))
+    k = middle[len(middle) // 2]
+    points = np.argwhere(left[:, :, k])
+    i, j = points[np.argmax(points[:, 0])]  # most lateral point of the left lung (LPS storage: i grows leftwards)
+    lump = ball(np.array([i + 5.0 / spacing[0], j, k]), 17.5)  # 35 mm, its centre 5 mm into the chest wall
+    tumour = lump & left
+    array[lump & (left | (array < -300))] = 40
+    sick = Volume(array, volume.affine.copy(), tags={"Modality": "CT"}, source="pathology")
+    for version in (sick, degraded(sick, 4.0, 5.0, 64, storage="RAS")):
+        mask = lung_mask(version)
+        check_real_lungs(version, mask, "pathology")
+        patches = to_grid(sick, emphysema, version)
+        lesion = to_grid(sick, tumour, version)
+        assert np.count_nonzero(mask[patches] == RIGHT_LUNG) >= 0.95 * np.count_nonzero(patches), "emphysema kept"
+        assert np.count_nonzero(mask[lesion] == LEFT_LUNG) >= 0.6 * np.count_nonzero(lesion), "pleural tumour kept"

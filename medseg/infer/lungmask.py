@@ -3,19 +3,25 @@
 A Hu et al. (2001)-style pipeline, made fast by doing the topology on a coarse copy (voxels of about
 `work_spacing_mm`) and re-thresholding only the boundary band at full resolution:
 
-1. body per axial slice: the largest opened tissue component; everything that gas-like air at the image
-   border cannot reach without crossing it is inside (so cropped fields of view whose lungs touch the
-   border still work, and the table, padding and outside air are excluded);
+1. body per axial slice: the largest tissue component (opened at fine pixels only); everything that air at
+   the image border cannot reach without crossing it is inside. Border regions are outside when gas-dark
+   at the border, inside when within the convex hull of the wall (extended beyond the border where the wall
+   is cut: lungs cut by a cropped field of view), otherwise decided by the neighbouring slices (the CT table,
+   its foam core and the gap under the patient, lung-dense through partial volume at coarse pixels, stay out);
 2. air (< `air_threshold_hu`) inside the body is the lung candidate;
 3. trachea and extrapulmonary bronchi: round, central, gas-filled tubes surrounded by tissue, tracked slice
-   by slice with a leak guard (size, air around them), dilated a little and removed;
-4. 3D components: small ones, pure-gas ones (bowel, stomach, pneumothorax-like pockets) and ones lying
-   under a bigger one (gas below the diaphragm) are dropped;
+   by slice with a leak guard (size, air around them), dilated a little and removed; at coarse pixels the
+   lumen is found through partial volume (air components with a dark core, stepwise stricter thresholds);
+4. 3D components: small ones, pure-gas ones (bowel, stomach, pneumothorax-like pockets), ones lying under
+   a bigger one (gas below the diaphragm) and ones mostly along the image border (outside air in the corners
+   of a cropped field of view) are dropped;
 5. left / right: separate components, or erosion until touching lungs fall apart and geodesic regrowth;
    the side comes from the affine (RAS +x points to the patient's right);
-6. per lung and slice: closing and hole filling (vessels inside the lungs are lung);
-7. full resolution: the coarse labels are upsampled, their interior kept and the boundary band
-   re-thresholded at full resolution.
+6. per lung and slice: closing and hole filling (vessels inside the lungs are lung), and filling of dents
+   against the chest wall (tumours, nodules, consolidation at the pleura; not the mediastinum or the
+   diaphragm dome);
+7. full resolution: the coarse labels are upsampled, their interior (and filled dents) kept and the
+   boundary band re-thresholded at full resolution.
 
 Volumes with fewer than `min_slices_3d` slices (single slices, slice pairs) are done slice by slice in 2D.
 Axis order and direction come from the affine, so any orientation (LPS, RAS, flipped, transposed) works.
@@ -35,7 +41,7 @@ from medseg.errors import InputError
 from medseg.io.volume import Volume
 from medseg.labels import label_map
 
-__all__ = ["BACKGROUND", "LEFT_LUNG", "RIGHT_LUNG", "LungMaskSettings", "lung_mask"]
+__all__ = ["BACKGROUND", "LEFT_LUNG", "RIGHT_LUNG", "LungMaskSettings", "body_mask", "lung_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,9 @@ RIGHT_LUNG = label_map("lungs").by_name("right_lung").value  # type: ignore[unio
 LEFT_LUNG = label_map("lungs").by_name("left_lung").value  # type: ignore[union-attr]
 _OTHER_AIR = 255
 """Coarse label of air that is not lung (kept out of the full-resolution boundary band)."""
+_SOLID = 4
+"""Added to a coarse lung label where a dent against the chest wall was filled: kept as is at full resolution
+(the tumour's edge against the chest wall is not re-thresholded away)."""
 
 Box = tuple[slice, slice, slice]
 Seed = tuple[np.ndarray, float]
@@ -58,6 +67,10 @@ class LungMaskSettings:
     """Lung parenchyma is darker than this."""
     body_threshold_hu: float = -500.0
     """Body tissue (fat included) is brighter than this."""
+    body_opening_mm: float = 5.0
+    """Opening that detaches the table, blankets and cables from the body wall (skipped at coarser pixels)."""
+    body_extension_mm: float = 150.0
+    """Where the body wall touches the image border, the body is taken to go on this far beyond it."""
     gas_hu: float = -950.0
     """Coarse voxels darker than this are pure gas (outside air, airway lumen, bowel gas)."""
     pneumothorax_hu: float = -985.0
@@ -78,6 +91,10 @@ class LungMaskSettings:
     """Smaller 3D air components are dropped."""
     min_lung_area_cm2: float = 3.0
     """Smaller air components are dropped in slice-by-slice (2D) mode."""
+    edge_margin_mm: float = 10.0
+    max_edge_fraction: float = 0.5
+    """Air components with more than this fraction within `edge_margin_mm` of the image border are outside air
+    the body mask could not close off (corners of a cropped field of view, the gap under the back)."""
     trachea_diameter_mm: tuple[float, float] = (9.0, 32.0)
     """Lumen diameters accepted for a tracheal seed."""
     min_bronchus_diameter_mm: float = 6.0
@@ -90,6 +107,8 @@ class LungMaskSettings:
     """Diameter of the per-slice closing that takes in vessels at the lung border."""
     max_vessel_cm2: float = 10.0
     """Holes in the lung wider than this (in some slice) and open at an end are not filled (diaphragm dome)."""
+    max_pleural_fill_mm: float = 25.0
+    """Dents of a lung against the chest wall up to this deep are filled (tumours, nodules, consolidation)."""
     max_split_erosion_mm: float = 30.0
     """Deepest erosion tried when separating touching lungs."""
     min_slices_3d: int = 3
@@ -151,6 +170,18 @@ def lung_mask(volume: Volume, settings: LungMaskSettings | None = None) -> np.nd
         log.debug("lung mask %s: %.2f s, right %d, left %d voxels", work.shape, time.perf_counter() - start,
                   np.count_nonzero(out == RIGHT_LUNG), np.count_nonzero(out == LEFT_LUNG))
     return np.transpose(out, np.argsort(layout.perm))
+
+
+def body_mask(volume: Volume, settings: LungMaskSettings | None = None) -> np.ndarray:
+    """The patient's body (bool array shaped like `volume.array`): per axial slice, everything outside air
+    cannot reach without crossing the body wall, so the CT table, blankets and the air around the patient
+    are outside, while lungs cut by a cropped field of view stay inside (see `_body_mask`). The same rules the
+    lung mask starts from, at the volume's own resolution (used by QC to find lung outside the body)."""
+    settings = settings or LungMaskSettings()
+    array = _check_input(volume)
+    layout = _layout(volume, array, settings)
+    work = np.maximum(np.nan_to_num(np.transpose(array, layout.perm).astype(np.float32), nan=-1024.0), -1024.0)
+    return np.transpose(_body_mask(work, min(layout.spacing[1:]), settings), np.argsort(layout.perm))
 
 
 # --- input, geometry, coarse grid ---------------------------------------------------------------------
@@ -225,9 +256,10 @@ def _downsample(work: np.ndarray, grid: _Grid) -> np.ndarray:
 
 
 def _segment_coarse(hu: np.ndarray, grid: _Grid, settings: LungMaskSettings, planar: bool) -> np.ndarray:
-    """Coarse labels: 1 right, 2 left, `_OTHER_AIR` for air that is not lung, 0 elsewhere."""
+    """Coarse labels: 1 right, 2 left (plus `_SOLID` in filled dents), `_OTHER_AIR` for air that is not lung,
+    0 elsewhere."""
     labels = np.zeros(hu.shape, np.uint8)
-    body = _body_mask(hu, settings)
+    body = _body_mask(hu, min(grid.spacing[1:]), settings)
     air = (hu < settings.air_threshold_hu) & body
     box = _bbox(air, margin=2)
     if box is not None:
@@ -236,10 +268,11 @@ def _segment_coarse(hu: np.ndarray, grid: _Grid, settings: LungMaskSettings, pla
         hu_box, air_box = hu[box], air[box]
         airway = _airway(hu_box, air_box, (middle[box[0]], half[box[0]]), offset, grid, settings, planar)
         candidate = air_box & ~_dilate_inplane(airway, 1)
-        lungs = _select_components(candidate, hu_box, grid, settings, planar)
+        lungs = _select_components(candidate, hu_box, grid, settings, planar, _edge(hu.shape, grid, settings)[box[1:]])
         lungs &= ~_pneumothorax(lungs, hu_box, grid, settings)
         centre = float(np.nanmean(middle)) if np.isfinite(middle).any() else 0.0
-        labels[box] = _smooth(_split_sides(lungs, centre, offset, grid, settings), grid, settings)
+        sides = _smooth(_split_sides(lungs, centre, offset, grid, settings), grid, settings)
+        labels[box] = _fill_pleural(sides, air_box & (sides == 0), grid, settings)
     labels[(hu < settings.air_threshold_hu) & (labels == 0)] = _OTHER_AIR
     return labels
 
@@ -263,26 +296,109 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
                             np.arange(mask.shape[axis])) / total for axis in range(3)])
 
 
-def _body_mask(hu: np.ndarray, settings: LungMaskSettings) -> np.ndarray:
+def _body_mask(hu: np.ndarray, pixel_mm: float, settings: LungMaskSettings) -> np.ndarray:
     """Per slice: what outside air cannot reach without crossing the body wall.
 
-    Outside air is a region off the wall that touches the image border with mostly gas-like pixels there (a
-    lung cut by a cropped field of view touches the border too, but with lung-dense pixels).
+    The wall is the largest tissue component after an opening of about `body_opening_mm` (none at coarse
+    pixels, where it would cut a thin chest wall). Regions off the wall that do not touch the image border are
+    inside. One that touches it is outside when its border pixels are mostly gas, inside when it lies mostly in
+    the convex hull of the wall (a lung cut by a cropped field of view; at coarse pixels the hull is taken of
+    the wall opened by a 3x3 cross, so that a table touching the body is not in it), otherwise undecided: the CT
+    table, its foam core and the air gap under the patient look lung-dense at coarse pixels, but so does a lung
+    whose chest wall the field of view has cut into pieces. Undecided regions are inside when a neighbouring
+    slice's inside mostly covers them (see `_settle`), else outside.
     """
-    body = np.zeros(hu.shape, bool)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    size = int(settings.body_opening_mm / pixel_mm + 0.5)
+    size -= 1 - size % 2
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)) if size >= 3 else None
+    cross = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    reach = round(settings.body_extension_mm / pixel_mm)
+    interior = np.zeros(hu.shape, bool)
+    outside = np.zeros(hu.shape, bool)
+    undecided: list[tuple[int, tuple[slice, slice], np.ndarray]] = []
     for j, image in enumerate(hu):
-        wall = cv2.morphologyEx((image > settings.body_threshold_hu).astype(np.uint8), cv2.MORPH_OPEN, kernel)
+        wall = (image > settings.body_threshold_hu).astype(np.uint8)
+        if kernel is not None:
+            wall = cv2.morphologyEx(wall, cv2.MORPH_OPEN, kernel)
         count, parts, stats, _ = cv2.connectedComponentsWithStats(wall, connectivity=4)
         if count < 2:
+            outside[j] = True
             continue
-        wall = parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        _, open_parts = cv2.connectedComponents((~wall).astype(np.uint8), connectivity=4)
+        wall = (parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+        count, open_parts, stats, _ = cv2.connectedComponentsWithStats(1 - wall, connectivity=4)
         edge, values = _border(open_parts), _border(image)
-        outside = [index for index in np.unique(edge[edge > 0])
-                   if np.median(values[edge == index]) < settings.gas_hu]
-        body[j] = ~np.isin(open_parts, outside) if outside else True
-    return body
+        state = np.ones(count, np.uint8)  # 0 wall or undecided, 1 inside, 2 outside
+        state[0] = 0
+        touching = []  # regions at the border that are not gas there
+        for index in np.unique(edge[edge > 0]):
+            if np.median(values[edge == index]) < settings.gas_hu:
+                state[index] = 2
+            else:
+                touching.append(index)
+        if touching:  # the hull only where needed (most slices have just the outside air at the border)
+            inside = np.bincount(open_parts[_wall_hull(wall if kernel is not None else _largest(
+                cv2.morphologyEx(wall, cv2.MORPH_OPEN, cross), wall), reach)], minlength=count)
+            for index in touching:
+                if inside[index] < 0.5 * stats[index, cv2.CC_STAT_AREA]:
+                    state[index] = 0
+                    x, y, w, h = (int(v) for v in stats[index, :4])
+                    box = (slice(y, y + h), slice(x, x + w))
+                    undecided.append((j, box, open_parts[box] == index))
+        labels = state[open_parts]
+        interior[j] = labels == 1
+        outside[j] = labels == 2
+    _settle(undecided, interior, outside)
+    return ~outside
+
+
+def _largest(mask: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a uint8 plane (`fallback` when it is empty)."""
+    count, parts, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+    if count < 2:
+        return fallback
+    return (parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+
+
+def _settle(undecided: list[tuple[int, tuple[slice, slice], np.ndarray]], interior: np.ndarray,
+            outside: np.ndarray) -> None:
+    """Undecided regions (slice, box, mask in the box) mostly covered by `interior` in a neighbouring slice
+    become interior; sweeps up and down until nothing changes (so a lung travels through the slices where
+    its wall is cut to pieces); the rest goes outside (a table whose core is enclosed in one slice does not
+    pull in the rest of the table)."""
+    changed = True
+    while undecided and changed:
+        changed = False
+        for backwards in (False, True):
+            left = []
+            for j, box, region in undecided[::-1] if backwards else undecided:
+                area = np.count_nonzero(region)
+                if any(np.count_nonzero(interior[n][box][region]) >= 0.5 * area
+                       for n in (j - 1, j + 1) if 0 <= n < len(interior)):
+                    interior[j][box] |= region
+                    changed = True
+                else:
+                    left.append((j, box, region))
+            undecided = left[::-1] if backwards else left
+    for j, box, region in undecided:
+        outside[j][box] |= region
+
+
+def _wall_hull(wall: np.ndarray, reach: int) -> np.ndarray:
+    """Convex hull (bool) of the body wall, which goes on beyond the image where it touches the border: each
+    edge's outermost contacts are carried `reach` pixels outwards (a lung cut by the border at a corner of
+    the image is inside, the table under the patient is not)."""
+    contours, _ = cv2.findContours(wall, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    points = [np.concatenate(contours).reshape(-1, 2)]
+    rows, cols = wall.shape
+    for line, fixed, horizontal in ((wall[0], -reach, True), (wall[-1], rows - 1 + reach, True),
+                                    (wall[:, 0], -reach, False), (wall[:, -1], cols - 1 + reach, False)):
+        touched = np.flatnonzero(line)
+        if touched.size:
+            ends = touched[[0, -1]]
+            points.append(np.stack([ends, [fixed, fixed]] if horizontal else [[fixed, fixed], ends], axis=1))
+    hull = np.zeros(wall.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.concatenate(points).astype(np.int32)), 1)
+    return hull > 0
 
 
 def _border(image: np.ndarray) -> np.ndarray:
@@ -308,6 +424,8 @@ class _AirwayFinder:
     def __init__(self, hu: np.ndarray, air: np.ndarray, midline: tuple[np.ndarray, np.ndarray],
                  offset: np.ndarray, grid: _Grid, settings: LungMaskSettings, planar: bool) -> None:
         self.strict = (hu < settings.airway_hu) & air
+        self.dark = (hu < (settings.airway_hu + settings.air_threshold_hu) / 2) & air
+        self.hu = hu
         self.air = air
         self.midline = midline
         self.shift = offset[grid.lateral_axis]
@@ -318,41 +436,95 @@ class _AirwayFinder:
             smallest = min(smallest, settings.min_bronchus_diameter_mm)
         self.low, self.high = (np.pi / 4 * d**2 / (spacing[1] * spacing[2]) for d in (smallest, largest))
         self.ring = max(2, round(5.0 / min(spacing[1:])))
+        # Pixels finer than about a third of the narrowest lumen leave the lumen dark: strict gas separates it
+        # from the lung. At coarser pixels partial volume lifts a narrow lumen above `airway_hu`: it is taken
+        # as an air component, or where that leaks into the lung, at stepwise stricter thresholds.
+        self.coarse = min(spacing[1:]) > settings.trachea_diameter_mm[0] / 3
+        self.thresholds = (np.linspace(settings.air_threshold_hu, settings.airway_hu, 6) if self.coarse
+                           else np.array([settings.airway_hu]))
         self.max_depth = max(1, round(settings.max_bronchus_mm / spacing[0]))
-        self._parts: dict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
+        # slices much thicker than a pixel: an oblique bronchus moves and lengthens more from slice to slice
+        thick = spacing[0] / min(spacing[1:])
+        self.spread = max(1, round(0.5 * thick))
+        self.growth = 1.5 if thick <= 2.0 else 2.0
+        self._parts: dict[tuple[int, bool], tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def components(self, j: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        if j not in self._parts:
-            self._parts[j] = cv2.connectedComponentsWithStats(self.strict[j].astype(np.uint8), connectivity=8)
-        return self._parts[j]
+    def components(self, j: int, envelope: bool = False) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """8-connected components of the strict gas mask, or of the air mask (`envelope`), of slice j."""
+        key = (j, envelope)
+        if key not in self._parts:
+            mask = self.air[j] if envelope else self.strict[j]
+            self._parts[key] = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        return self._parts[key]
 
     def seeds(self, j: int) -> np.ndarray:
-        """Round gas components of tracheal size near the left-right middle, surrounded mostly by tissue."""
-        count, parts, stats, centroids = self.components(j)
-        found = np.zeros(parts.shape, bool)
-        for index in range(1, count):
-            position = centroids[index][1 if self.grid.lateral_axis == 1 else 0] + self.shift
-            if (self.low <= stats[index, cv2.CC_STAT_AREA] <= self.high and _round(stats[index], self.grid.spacing)
-                    and abs(position - self.midline[0][j]) <= 0.3 * self.midline[1][j]
-                    and _surrounding_air(parts == index, self.air[j], stats[index], self.ring) <= 0.4):
-                found |= parts == index
+        """Round gas components of tracheal size near the left-right middle, surrounded mostly by tissue.
+
+        Candidates are strict-gas components and, at coarse pixels, also air components with a dark core
+        (halfway between `airway_hu` and `air_threshold_hu`): there partial volume leaves little or nothing of
+        a narrow lumen below `airway_hu`, while the air component keeps about its true size.
+        """
+        found = np.zeros(self.air[j].shape, bool)
+        dark = self.dark[j]
+        for envelope in (False, True) if self.coarse else (False,):
+            count, parts, stats, centroids = self.components(j, envelope)
+            cores = np.unique(parts[dark]) if envelope else range(1, count)
+            for index in cores:
+                if index == 0:
+                    continue
+                position = centroids[index][1 if self.grid.lateral_axis == 1 else 0] + self.shift
+                if (self.low <= stats[index, cv2.CC_STAT_AREA] <= self.high
+                        and _round(stats[index], self.grid.spacing)
+                        and abs(position - self.midline[0][j]) <= 0.3 * self.midline[1][j]
+                        and _surrounding_air(parts == index, self.air[j], stats[index], self.ring) <= 0.4):
+                    found |= parts == index
         return found
 
     def follow(self, j: int, previous: np.ndarray, reference: float, spread: int = 1) -> np.ndarray:
         """Components within `spread` pixels of the airway of a nearby slice that do not leak into the lung.
 
-        A component may be at most 1.5 times the larger of the previous airway and the tracheal `reference`.
+        A component may be at most 1.5 times (2 times with slices thicker than two pixels) the larger of the
+        previous airway and the tracheal `reference`, and must be surrounded mostly by tissue. Components are of
+        the strict gas mask; at coarse pixels of the air mask (the lumen with its partial-volume rim), and where
+        one of those leaks into the lung, its parts below stepwise stricter thresholds (down to `airway_hu`).
         """
-        _, parts, stats, _ = self.components(j)
         reach = cv2.dilate(previous.astype(np.uint8), np.ones((2 * spread + 1, 2 * spread + 1), np.uint8)) > 0
-        limit = 1.5 * max(np.count_nonzero(previous), reference)
-        found = np.zeros(parts.shape, bool)
-        for index in np.unique(parts[reach & (parts > 0)]):
-            area = stats[index, cv2.CC_STAT_AREA]
-            if area <= min(limit, 1.5 * self.high) and _surrounding_air(parts == index, self.air[j], stats[index],
-                                                                        self.ring) <= 0.5:
-                found |= parts == index
+        limit = min(self.growth * max(np.count_nonzero(previous), reference), 1.5 * self.high)
+        _, envelopes, stats, _ = self.components(j, envelope=self.coarse)
+        found = np.zeros(envelopes.shape, bool)
+        for index in np.unique(envelopes[reach & (envelopes > 0)]):
+            x, y, w, h = (int(v) for v in stats[index, :4])
+            box = (slice(y, y + h), slice(x, x + w))
+            pieces = [(envelopes[box] == index, 0)]
+            while pieces:
+                piece, level = pieces.pop()
+                _, parts, part_stats, _ = cv2.connectedComponentsWithStats(piece.astype(np.uint8), connectivity=8)
+                for part in np.unique(parts[reach[box] & (parts > 0)]):
+                    mask = parts == part
+                    if part_stats[part, cv2.CC_STAT_AREA] <= limit:
+                        x0, y0, w0, h0 = (int(v) for v in part_stats[part, :4])
+                        full = np.zeros(envelopes.shape, bool)
+                        full[box] = mask
+                        if _surrounding_air(full, self.air[j], np.array([x + x0, y + y0, w0, h0]), self.ring) <= 0.5:
+                            found |= full
+                            continue
+                    if level + 1 < len(self.thresholds):  # leaks: try its darker core
+                        pieces.append((mask & (self.hu[j][box] < self.thresholds[level + 1]), level + 1))
         return found
+
+    def tracheal(self, found: np.ndarray, j: int, reference: float) -> bool:
+        """The airway found in slice j is still the trachea: one component that is a seed; at coarse pixels
+        (where partial volume with the lung apex spoils the seed tests) one round, central component of half
+        to twice the area `reference` of the trachea higher up (below the carina the bronchi are narrower)."""
+        count, _, stats, centroids = cv2.connectedComponentsWithStats(found.astype(np.uint8), connectivity=8)
+        if count != 2:
+            return False
+        if not self.coarse:
+            return bool((found & self.seeds(j)).any())
+        position = centroids[1][1 if self.grid.lateral_axis == 1 else 0] + self.shift
+        return bool(0.5 * reference <= stats[1, cv2.CC_STAT_AREA] <= 2.0 * reference
+                    and _round(stats[1], self.grid.spacing)
+                    and abs(position - self.midline[0][j]) <= 0.3 * self.midline[1][j])
 
     def trachea_start(self, down: list[int]) -> tuple[int, np.ndarray] | None:
         """Highest slice whose seed continues as overlapping seeds for about 15 mm: (position in `down`, mask)."""
@@ -381,8 +553,9 @@ def _airway(hu: np.ndarray, air: np.ndarray, midline: tuple[np.ndarray, np.ndarr
     15 mm. From there components overlapping the airway of the previous slice are followed up and down
     (bridging gaps of up to 6 mm, e.g. partial volume at the carina), unless they grow by more than half, are
     surrounded by lung (the bronchus has entered the lung) or lie more than `max_bronchus_mm` below the last
-    slice where the airway was a single seed (the carina). In 2D mode only the seeds are taken (down to
-    `min_bronchus_diameter_mm`).
+    slice where the airway was still the trachea (one seed-like piece, above the first split: the carina).
+    At coarse pixels narrow lumens are found through partial volume (see `_AirwayFinder`). In 2D mode only
+    the seeds are taken (down to `min_bronchus_diameter_mm`).
     """
     finder = _AirwayFinder(hu, air, midline, offset, grid, settings, planar)
     airway = np.zeros(hu.shape, bool)
@@ -399,21 +572,30 @@ def _airway(hu: np.ndarray, air: np.ndarray, midline: tuple[np.ndarray, np.ndarr
     airway[down[position]] = seed
     gap = max(1, round(6.0 / grid.spacing[0]))
     for direction in (1, -1):
-        previous, last_trachea, missed = seed, position, 0
+        previous, last_trachea, missed, split, tracheal_area = seed, position, 0, False, reference
         step = position + direction
         while 0 <= step < len(down) and missed <= gap:
             if direction > 0 and step - last_trachea > finder.max_depth:
                 break
-            found = finder.follow(down[step], previous, reference, spread=1 + missed)
+            found = finder.follow(down[step], previous, reference, spread=finder.spread + missed)
             if found.any():
                 airway[down[step]] = previous = found
                 missed = 0
-                if direction > 0 and ndimage.label(found)[1] == 1 and (found & finder.seeds(down[step])).any():
-                    last_trachea = step
+                if direction > 0 and not split:
+                    split = _split_airway(found, reference)
+                    if not split and finder.tracheal(found, down[step], tracheal_area):
+                        last_trachea, tracheal_area = step, float(np.count_nonzero(found))
             else:
                 missed += 1
             step += direction
     return airway
+
+
+def _split_airway(found: np.ndarray, reference: float) -> bool:
+    """The airway has split into the main bronchi (two or more pieces of at least a quarter of the tracheal
+    area): below here no single piece is the trachea any more, so a main bronchus is not followed as one."""
+    _, _, stats, _ = cv2.connectedComponentsWithStats(found.astype(np.uint8), connectivity=8)
+    return int(np.count_nonzero(stats[1:, cv2.CC_STAT_AREA] >= 0.25 * reference)) >= 2
 
 
 def _round(stat: np.ndarray, spacing: tuple[float, float, float]) -> bool:
@@ -433,9 +615,18 @@ def _surrounding_air(part: np.ndarray, air: np.ndarray, stat: np.ndarray, ring: 
     return float(air[box][band].mean()) if band.any() else 1.0
 
 
+def _edge(shape: tuple[int, ...], grid: _Grid, settings: LungMaskSettings) -> np.ndarray:
+    """In-plane mask of the image's margin, `edge_margin_mm` wide (at least a pixel)."""
+    width = max(1, round(settings.edge_margin_mm / min(grid.spacing[1:])))
+    edge = np.ones(shape[1:], bool)
+    edge[width:-width, width:-width] = False
+    return edge
+
+
 def _select_components(candidate: np.ndarray, hu: np.ndarray, grid: _Grid, settings: LungMaskSettings,
-                       planar: bool) -> np.ndarray:
-    """Keep air components that are big enough, lung-dense and not lying under a bigger one.
+                       planar: bool, edge: np.ndarray | None = None) -> np.ndarray:
+    """Keep air components that are big enough, lung-dense, not lying under a bigger one and not mostly in
+    `edge` (an in-plane mask of the image's margin, see `_edge`).
 
     Gas (bowel, stomach): more than half of the component's interior (one pixel in from its edge) is darker
     than `gas_hu`. Emphysematous lungs can be that dark too, so gas components of `max_gas_ml` (2D:
@@ -463,6 +654,8 @@ def _select_components(candidate: np.ndarray, hu: np.ndarray, grid: _Grid, setti
         big = volume_ml >= settings.min_lung_volume_ml
         gas_like = (gas > 0.5) & (volume_ml < settings.max_gas_ml)
     keep = big & ~gas_like & (means <= settings.max_mean_hu)
+    if edge is not None:  # outside air in the corners of a cropped field of view, or under the body
+        keep &= np.bincount(parts[inside & edge[None]], minlength=count + 1) <= settings.max_edge_fraction * sizes
     keep[0] = False
     if not planar and np.count_nonzero(keep) > 1 and grid.superior != 0:
         keep &= ~_under_bigger(parts, keep, sizes, grid.superior)
@@ -663,6 +856,78 @@ def _smooth(labels: np.ndarray, grid: _Grid, settings: LungMaskSettings) -> np.n
     return out
 
 
+def _fill_pleural(labels: np.ndarray, blocked: np.ndarray, grid: _Grid, settings: LungMaskSettings) -> np.ndarray:
+    """Fill dents of each lung against the chest wall (tumours, nodules and consolidation touching the pleura),
+    not the mediastinum or the diaphragm dome.
+
+    Per slice with both lungs, a dent is a connected piece of the lung's convex hull outside the lung, at most
+    `max_pleural_fill_mm` deep, whose rim off the lung lies mostly outside the convex hull of both lungs (the
+    chest wall side; the heart, hilum and spine lie between the lungs, inside it) and that holds no air that
+    is not lung (`blocked`: airway, bowel gas, outside air). A 3D stack of dents is filled when lung mostly
+    caps it above and below (the liver or spleen dome under a crescent of lung base is capped only above).
+    Filled voxels get the side plus `_SOLID`.
+    """
+    out = labels.copy()
+    depth_limit = settings.max_pleural_fill_mm / min(grid.spacing[1:])
+    both = np.flatnonzero((labels == RIGHT_LUNG).any(axis=(1, 2)) & (labels == LEFT_LUNG).any(axis=(1, 2)))
+    if labels.shape[0] < 3 or both.size == 0:
+        return out
+    unions = {j: _convex_fill((labels[j] > 0).astype(np.uint8)) for j in both}
+    kernel = np.ones((3, 3), np.uint8)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        lung = labels == side
+        dents = np.zeros(labels.shape, bool)
+        for j in both:
+            x, y, w, h = cv2.boundingRect(lung[j].astype(np.uint8))
+            box = (slice(max(0, y - 1), y + h + 1), slice(max(0, x - 1), x + w + 1))
+            here = lung[j][box]
+            hull = _convex_fill(here.astype(np.uint8))
+            candidates = hull & (labels[j][box] == 0)
+            if not candidates.any():
+                continue
+            count, parts = cv2.connectedComponents(candidates.astype(np.uint8), connectivity=4)
+            depth = cv2.distanceTransform(hull.astype(np.uint8), cv2.DIST_L2, 3)
+            inside = parts > 0
+            area = np.bincount(parts[inside], minlength=count)
+            deepest = np.zeros(count, np.float32)
+            np.maximum.at(deepest, parts[inside], depth[inside])
+            gas = np.bincount(parts[inside & blocked[j][box]], minlength=count)
+            # rim off the lung: pixels next to a dent (labelled by a 3x3 dilation of the label image)
+            grown = cv2.dilate(parts.astype(np.float32), kernel).astype(np.int32)
+            rim = ~inside & ~here & (grown > 0)
+            rim_all = np.bincount(grown[rim], minlength=count)
+            rim_out = np.bincount(grown[rim & ~unions[j][box]], minlength=count)
+            keep = (deepest <= depth_limit) & (gas <= 0.1 * area) & (rim_out > 0.5 * rim_all)
+            keep[0] = False
+            if keep.any():
+                dents[j][box] = keep[parts]
+        if not dents.any():
+            continue
+        stacks, count = ndimage.label(dents)
+        capped = np.ones(count + 1, bool)
+        for shift in (1, -1):  # the voxels just above / below each stack, by the stack they cap
+            ends = np.zeros_like(stacks)
+            if shift > 0:
+                ends[1:] = stacks[:-1]
+            else:
+                ends[:-1] = stacks[1:]
+            ends[stacks > 0] = 0
+            total = np.bincount(ends[ends > 0], minlength=count + 1)  # none at the first or last slice
+            capped &= (total > 0) & (np.bincount(ends[(ends > 0) & lung], minlength=count + 1) >= 0.5 * total)
+        capped[0] = False
+        out[capped[stacks]] = side | _SOLID
+    return out
+
+
+def _convex_fill(mask: np.ndarray) -> np.ndarray:
+    """Convex hull (bool) of the foreground of a uint8 plane."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = np.zeros(mask.shape, np.uint8)
+    if contours:
+        cv2.fillConvexPoly(hull, cv2.convexHull(np.concatenate(contours)), 1)
+    return hull > 0
+
+
 def _open_wide_holes(holes: np.ndarray, lung: np.ndarray, grid: _Grid, settings: LungMaskSettings) -> np.ndarray:
     """3D stacks of per-slice holes that are wider than a vessel somewhere and not capped by lung."""
     parts, count = ndimage.label(holes)
@@ -728,13 +993,15 @@ def _dilate6(mask: np.ndarray) -> np.ndarray:
 def _refine_full(work: np.ndarray, labels: np.ndarray, grid: _Grid, settings: LungMaskSettings,
                  out: np.ndarray) -> None:
     """Upsample the coarse labels into `out`: their interior as is, the boundary band re-thresholded."""
-    box = _bbox((labels == RIGHT_LUNG) | (labels == LEFT_LUNG), margin=1)
+    lungs = (labels != _OTHER_AIR) & ((labels & 3) > 0)
+    box = _bbox(lungs, margin=1)
     if box is None:
         return
-    labels = labels[box]
-    lungs = (labels == RIGHT_LUNG) | (labels == LEFT_LUNG)
+    lungs = lungs[box]
+    solid = lungs & ((labels[box] & _SOLID) > 0)
+    labels = np.where(lungs, labels[box] & 3, labels[box])
     planar = grid.step == 1 and work.shape[0] < settings.min_slices_3d
-    interior = lungs & ~(_dilate_inplane(~lungs, 1) if planar else _dilate6(~lungs))
+    interior = (lungs & ~(_dilate_inplane(~lungs, 1) if planar else _dilate6(~lungs))) | solid
     grown = _dilate_labels(np.where(lungs, labels, 0).astype(np.uint8), planar)
     reach = np.where(lungs, labels, np.where(labels == _OTHER_AIR, 0, grown)).astype(np.uint8)
     code = reach | (interior.astype(np.uint8) << 2)  # bits 0-1: side, bit 2: interior
