@@ -18,12 +18,36 @@ from pydicom.multival import MultiValue
 from medseg.errors import DicomError, InputError
 from medseg.io.dicom_pixels import locate_native_pixels
 
-__all__ = ["Discovery", "Series", "SliceHeader", "discover_dicom", "group_series", "read_header"]
+__all__ = ["Discovery", "Series", "SliceHeader", "discover_dicom", "functional_group_value", "group_series",
+           "is_enhanced", "read_header"]
 
 log = logging.getLogger(__name__)
 
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC"}
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+
+
+def is_enhanced(ds: Dataset) -> bool:
+    """Whether `ds` is a multi-frame image whose geometry lives in functional groups (Enhanced CT and kin)."""
+    return any(name in ds for name in _FUNCTIONAL_GROUPS)
+
+
+def functional_group_value(ds: Dataset, keyword: str) -> Any:
+    """`keyword` from the shared functional groups, else from the first frame's (None when absent).
+
+    Describes an enhanced file as a whole (orientation, slice thickness) for discovery and selection; the
+    reader takes every frame's own values (`medseg.io.dicom_multiframe`).
+    """
+    for name in _FUNCTIONAL_GROUPS:
+        try:
+            groups = ds.get(name)
+            for group in groups[0] if groups else ():
+                if group.VR == "SQ" and group.value and keyword in group.value[0]:
+                    return group.value[0].get(keyword)
+        except Exception:  # a damaged group describes nothing; the reader names the problem
+            continue
+    return None
 
 
 @dataclass
@@ -34,9 +58,21 @@ class SliceHeader:
     dataset: Dataset
     native_pixel_offset: int | None = None
     """Where uncompressed little-endian pixel values start in the file (None: decode with pydicom)."""
+    frame: int | None = None
+    """0-based frame of a multi-frame file this header describes (its `dataset` then holds the frame's
+    functional-group values); None for a single-frame file or a whole multi-frame file."""
 
     def get(self, keyword: str, default: Any = None) -> Any:
-        return self.dataset.get(keyword, default)
+        if keyword in self.dataset or not is_enhanced(self.dataset):
+            return self.dataset.get(keyword, default)
+        value = functional_group_value(self.dataset, keyword)
+        return default if value is None else value
+
+    @property
+    def label(self) -> str:
+        """How messages name this slice: the file name, with the frame number for a frame of a multi-frame file."""
+        name = os.path.basename(self.path)
+        return name if self.frame is None else f"{name} frame {self.frame + 1}"
 
     def _vector(self, keyword: str, size: int) -> np.ndarray | None:
         try:
@@ -111,6 +147,26 @@ class Series:
     def folder(self) -> str:
         return os.path.dirname(self.first.path)
 
+    @property
+    def multiframe(self) -> bool:
+        """A multi-frame (enhanced) file, or frames of one: a series by itself."""
+        return self.first.frame is not None or is_enhanced(self.first.dataset)
+
+    @property
+    def source(self) -> str:
+        """What messages name: the file of a multi-frame series, else the folder."""
+        return self.first.path if self.multiframe else self.folder
+
+    @property
+    def slice_count(self) -> int:
+        """Slices, counting every frame of a multi-frame file (0 when its NumberOfFrames is not a count)."""
+        if self.first.frame is not None or not is_enhanced(self.first.dataset):
+            return len(self.slices)
+        try:
+            return max(int(self.first.get("NumberOfFrames", 1) or 1), 0)
+        except (TypeError, ValueError):
+            return 0
+
     def summary(self) -> dict[str, Any]:
         rows, cols = self.first.matrix
         return {
@@ -118,7 +174,7 @@ class Series:
             "modality": self.modality,
             "description": self.description,
             "image_type": list(self.image_type),
-            "slices": len(self.slices),
+            "slices": self.slice_count,
             "matrix": [rows, cols],
             "slice_thickness_mm": self.slice_thickness,
             "folder": self.folder,
@@ -239,11 +295,19 @@ def _layout_key(header: SliceHeader) -> tuple[Any, ...]:
 
 
 def group_series(headers: Iterable[SliceHeader]) -> list[Series]:
-    """Group headers by SeriesInstanceUID, splitting a series that mixes orientations or matrix sizes."""
+    """Group headers by SeriesInstanceUID, splitting a series that mixes orientations or matrix sizes.
+
+    A multi-frame (enhanced) file is a series by itself, keyed by its UID (and file name when its UID is shared).
+    """
     by_uid: dict[str, list[SliceHeader]] = defaultdict(list)
+    enhanced: list[SliceHeader] = []
     for header in headers:
-        by_uid[_series_uid(header)].append(header)
+        (enhanced if is_enhanced(header.dataset) else by_uid[_series_uid(header)]).append(header)
+    enhanced_uids = [_series_uid(header) for header in enhanced]
     result: list[Series] = []
+    for uid, header in zip(enhanced_uids, enhanced, strict=True):
+        shared = uid in by_uid or enhanced_uids.count(uid) > 1
+        result.append(Series(f"{uid} ({os.path.basename(header.path)})" if shared else uid, [header]))
     for uid, members in by_uid.items():
         by_layout: dict[tuple[Any, ...], list[SliceHeader]] = defaultdict(list)
         for header in members:

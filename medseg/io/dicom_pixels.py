@@ -7,6 +7,7 @@ header at discovery (no second parse); everything else is decoded by pydicom + p
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 import numpy as np
@@ -15,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medseg.errors import DicomError
 
-__all__ = ["locate_native_pixels", "read_stored_pixels"]
+__all__ = ["locate_native_pixels", "read_stored_frames", "read_stored_pixels"]
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 
@@ -86,3 +87,24 @@ def read_stored_pixels(path: str, ds: Dataset, native_offset: int | None) -> np.
     if pixels.shape != expected:
         raise DicomError(f"pixel data has shape {pixels.shape}, header says {expected}", path)
     return pixels
+
+
+def read_stored_frames(path: str, ds: Dataset, frames: Sequence[int]) -> Iterator[np.ndarray]:
+    """Stored values of frames `frames` (0-based, yielded in that order) of a multi-frame greyscale image,
+    decoded by pydicom one frame at a time (uncompressed frames are read with `read_stored_pixels` and the
+    frame's own offset instead)."""
+    from pydicom.pixels import iter_pixels
+
+    expected = (int(ds.Rows), int(ds.Columns))
+    syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+    decoded = iter_pixels(path, indices=list(frames))
+    for frame in frames:
+        try:
+            pixels = next(decoded)
+        except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise DicomError(f"cannot decode pixel data of frame {frame + 1} "
+                             f"({getattr(syntax, 'name', 'unknown transfer syntax')}): {detail}", path) from exc
+        if pixels.shape != expected:
+            raise DicomError(f"frame {frame + 1} decodes to shape {pixels.shape}, header says {expected}", path)
+        yield pixels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +12,7 @@ import numpy as np
 
 from medseg.errors import DicomError, GeometryError
 from medseg.io.dicom_discovery import Series, SliceHeader
+from medseg.io.dicom_multiframe import expand_frames, frame_pixels
 from medseg.io.dicom_pixels import read_stored_pixels
 from medseg.io.dicom_tags import plain_tag_value
 from medseg.io.slice_geometry import (
@@ -57,16 +58,21 @@ class ReadOptions:
     medseg allocate more)."""
 
 
+def _frame(header: SliceHeader) -> str:
+    """Message prefix naming the frame of a multi-frame file ("" for a single-frame file)."""
+    return "" if header.frame is None else f"frame {header.frame + 1}: "
+
+
 def _number(header: SliceHeader, keyword: str, default: float) -> float:
     """A finite number from a numeric tag, `default` when absent or empty; `DicomError` naming the tag."""
     try:
         value = header.get(keyword)
         number = float(value) if value not in (None, "") else default
     except (TypeError, ValueError, OverflowError) as exc:
-        raise DicomError(f"invalid {keyword} value {header.dataset.get(keyword, '?')!r}: not a number",
-                         header.path) from exc
+        raise DicomError(f"{_frame(header)}invalid {keyword} value {header.dataset.get(keyword, '?')!r}: not a "
+                         "number", header.path) from exc
     if not math.isfinite(number):
-        raise DicomError(f"invalid {keyword} value {value!r}: not a finite number", header.path)
+        raise DicomError(f"{_frame(header)}invalid {keyword} value {value!r}: not a finite number", header.path)
     return number
 
 
@@ -80,8 +86,8 @@ def _rescale(header: SliceHeader) -> tuple[float, float]:
     """(RescaleSlope, RescaleIntercept), finite, slope non-zero; `DicomError` naming the file otherwise."""
     slope = _number(header, "RescaleSlope", 1.0)
     if slope == 0:
-        raise DicomError(f"invalid RescaleSlope value {header.get('RescaleSlope')!r}: a zero slope maps every "
-                         "pixel to the intercept", header.path)
+        raise DicomError(f"{_frame(header)}invalid RescaleSlope value {header.get('RescaleSlope')!r}: a zero slope "
+                         "maps every pixel to the intercept", header.path)
     return slope, _number(header, "RescaleIntercept", 0.0)
 
 
@@ -89,14 +95,14 @@ def _pixel_spacing(header: SliceHeader) -> tuple[float, float]:
     keyword = "PixelSpacing" if header.get("PixelSpacing") else "ImagerPixelSpacing"
     value = header.get(keyword)
     if value is None or value == "":
-        raise DicomError("PixelSpacing missing: cannot place the image in space", header.path)
+        raise DicomError(f"{_frame(header)}PixelSpacing missing: cannot place the image in space", header.path)
     try:
         dy, dx = (float(v) for v in value)
     except (TypeError, ValueError) as exc:
-        raise DicomError(f"invalid {keyword} {value!r}: expected two numbers", header.path) from exc
+        raise DicomError(f"{_frame(header)}invalid {keyword} {value!r}: expected two numbers", header.path) from exc
     if not (math.isfinite(dy) and math.isfinite(dx) and dy > 0 and dx > 0):
-        raise DicomError(f"invalid {keyword} {[str(v) for v in value]}: spacings must be positive and finite",
-                         header.path)
+        raise DicomError(f"{_frame(header)}invalid {keyword} {[str(v) for v in value]}: spacings must be positive and "
+                         "finite", header.path)
     return dy, dx
 
 
@@ -105,11 +111,12 @@ def _check_layout(series: Series) -> None:
     for header in series.slices:
         if header.matrix != first.matrix:
             raise GeometryError(
-                f"mixed matrix sizes in one series: {first.matrix} ({os.path.basename(first.path)}) vs "
+                f"mixed matrix sizes in one series: {first.matrix} ({first.label}) vs "
                 f"{header.matrix}", header.path)
         if _number(header, "NumberOfFrames", 1) > 1:
-            raise DicomError("multi-frame (enhanced) images are not supported yet; export as single frames",
-                             header.path)
+            raise DicomError("multi-frame image without functional groups (PerFrameFunctionalGroupsSequence): its "
+                             "frames cannot be placed in space; only Enhanced and Legacy Converted Enhanced "
+                             "multi-frame files are read", header.path)
         header.placement()
         if not np.allclose(header.orientation, first.orientation, atol=1e-3):
             raise GeometryError("slices with different ImageOrientationPatient in one series", header.path)
@@ -142,15 +149,17 @@ def _padding_mask(header: SliceHeader, pixels: np.ndarray, slope: float, interce
     return mask if mask.any() else None
 
 
-def _decode_stack(ordered: list[SliceHeader]) -> np.ndarray:
+def _decode_stack(ordered: list[SliceHeader], stored: Iterable[np.ndarray] | None = None) -> np.ndarray:
     """Decode slices straight into a (k, j, i) C-ordered buffer and return its (i, j, k) view.
 
     HU stay int16 while the rescale is integral and in range (the usual CT case), else the buffer
-    becomes float32. Rescale and padding come from the headers read at discovery.
+    becomes float32. Rescale and padding come from the headers read at discovery. `stored`: the slices'
+    stored values in `ordered` order when they are not one file each (frames of a multi-frame file).
     """
     buffer = np.empty((len(ordered), *ordered[0].matrix), dtype=np.int16)
-    for index, header in enumerate(ordered):
-        pixels = read_stored_pixels(header.path, header.dataset, header.native_pixel_offset)
+    if stored is None:
+        stored = (read_stored_pixels(h.path, h.dataset, h.native_pixel_offset) for h in ordered)
+    for index, (header, pixels) in enumerate(zip(ordered, stored, strict=True)):
         slope, intercept = _rescale(header)
         integral = slope == 1.0 and intercept.is_integer()
         if buffer.dtype == np.int16 and integral:
@@ -173,10 +182,14 @@ def _decode_stack(ordered: list[SliceHeader]) -> np.ndarray:
 def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
     """Decode every slice once into a preallocated HU array and return it as a `Volume`.
 
-    HU are stored as int16 when the rescale keeps them integral and in range, float32 otherwise.
+    HU are stored as int16 when the rescale keeps them integral and in range, float32 otherwise. A
+    multi-frame (enhanced) file is read frame by frame, each frame placed by its functional groups.
     """
     options = options or ReadOptions()
-    source = series.folder
+    multiframe = series.multiframe
+    if multiframe and series.first.frame is None:
+        series = expand_frames(series, options.max_voxels)
+    source = series.source
     first = series.first
     rows, cols = first.matrix
     check_voxel_budget((cols, rows, len(series.slices)), np.int16, options.max_voxels, source)
@@ -185,14 +198,14 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
     negative = [h for h in series.slices if _rescale(h)[0] < 0]
     if negative:
         notes.append(f"negative RescaleSlope {negative[0].get('RescaleSlope')} in {len(negative)} slice(s) "
-                     f"(first {os.path.basename(negative[0].path)}): intensities inverted by the rescale")
+                     f"(first {negative[0].label}): intensities inverted by the rescale")
     geometry = analyse_stack(
         first.orientation,
         np.stack([h.position for h in series.slices]),
         _pixel_spacing(first),
         _positive(first, "SpacingBetweenSlices", _positive(first, "SliceThickness", 1.0)),
         source=source,
-        labels=[os.path.basename(h.path) for h in series.slices],
+        labels=[h.label for h in series.slices],
     )
     tilted = geometry.tilt_deg > TILT_TOLERANCE_DEG
     if tilted and options.on_gantry_tilt == "error":
@@ -203,7 +216,7 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
         raise GeometryError(spacing_problem, source)
 
     ordered = [series.slices[i] for i in geometry.order]
-    array = _decode_stack(ordered)
+    array = _decode_stack(ordered, frame_pixels(ordered) if multiframe else None)
     array, replaced = replace_non_finite(array, options.on_non_finite, source)
     if replaced:
         notes.append(replaced)
@@ -220,7 +233,7 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
 
     tags = {key: plain_tag_value(first.get(key)) for key in _KEPT_TAGS}
     tags["TransferSyntaxUID"] = str(getattr(first.dataset.file_meta, "TransferSyntaxUID", "")) or None
-    exact_slices = not (tilted or spacing_problem)
+    exact_slices = not (tilted or spacing_problem or multiframe)  # frames are not files of their own
     return Volume(
         array=array,
         affine=lps_to_ras(affine_lps),

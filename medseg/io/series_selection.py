@@ -83,8 +83,8 @@ def _judge(series: Series, rules: SelectionRules) -> SeriesVerdict:
     excluded = set(series.image_type) & set(rules.exclude_image_types)
     if excluded:
         return SeriesVerdict(series, False, [f"image type {'/'.join(sorted(excluded))} (scout/localizer)"])
-    if len(series.slices) < rules.min_slices:
-        return SeriesVerdict(series, False, [f"{len(series.slices)} slices < minimum {rules.min_slices}"])
+    if series.slice_count < rules.min_slices:
+        return SeriesVerdict(series, False, [f"{series.slice_count} slices < minimum {rules.min_slices}"])
     angle = obliquity_deg(series)
     if angle is None:
         return SeriesVerdict(series, False, ["no ImageOrientationPatient"])
@@ -93,7 +93,7 @@ def _judge(series: Series, rules: SelectionRules) -> SeriesVerdict:
             series, False, [f"not axial: slice normal {angle:.1f} deg from head-foot axis"]
         )
     plane = "axial" if angle <= rules.near_axial_deg else "not axial"
-    reasons.append(f"{len(series.slices)} slices, {plane} ({angle:.1f} deg from axial)")
+    reasons.append(f"{series.slice_count} slices, {plane} ({angle:.1f} deg from axial)")
     return SeriesVerdict(series, True, reasons)
 
 
@@ -104,7 +104,7 @@ def _rank_key(series: Series, rules: SelectionRules) -> tuple[float, ...]:
             angle = obliquity_deg(series)
             keys.append(0 if angle is not None and angle <= rules.near_axial_deg else 1)
         elif name == "most_slices":
-            keys.append(-len(series.slices))
+            keys.append(-series.slice_count)
         elif name == "thinnest":
             keys.append(series.slice_thickness if series.slice_thickness else math.inf)
         elif name == "original":
