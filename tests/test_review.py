@@ -308,3 +308,75 @@ def test_top_finding_prefers_a_called_class_over_a_higher_uncalled_probability()
         ("effusion", 0.4, True)
     assert top_finding(case({"emphysema": 0.95, "effusion": 0.4}, {"emphysema": 0, "effusion": 0})) == \
         ("emphysema", 0.95, False)
+
+
+# --- label-free QC flags on the review pages ---------------------------------------------------------------
+
+
+def _qc_case(out: Path) -> Path:
+    """A CT case folder as `medseg run` writes it, whose lung mask has a failed split and a detached island."""
+    from dataclasses import asdict
+
+    from scipy import ndimage
+
+    from medseg.data.phantom.ct_case import synth_ct_case
+    from medseg.export.overlay import save_label_montage
+    from medseg.export.statistics import label_volumes, lobe_statistics, write_statistics
+    from medseg.infer.lungmask import body_mask
+    from medseg.io import Volume, load_volume, read_nifti
+    from medseg.labels import label_map
+    from medseg.workflow.processing import CaseOutcome
+
+    phantom = synth_ct_case(out.parent / "qc_studies" / "qc case", seed=5, size=96, slices=48, findings=[])
+    volume = load_volume(phantom.folder / "ct")
+    lungs = np.asarray(read_nifti(phantom.folder / "lungs.nii.gz").array).copy()
+    left = np.argwhere(lungs == 2)
+    lungs[tuple(left[left[:, 2] < np.quantile(left[:, 2], 0.85)].T)] = 1          # most of the left lung: "right"
+    room = ndimage.binary_erosion(body_mask(volume), iterations=3) & ~ndimage.binary_dilation(lungs > 0, iterations=3)
+    centre = np.argwhere(ndimage.binary_erosion(room, np.ones((5, 5, 5), bool)))[0]
+    lungs[tuple(slice(c - 2, c + 3) for c in centre)] = 1                           # a detached island
+    folder = out / "qc case"
+    folder.mkdir(parents=True)
+    stats = lobe_statistics(volume, lungs, "lungs", labels_source="qc case")
+    write_statistics(stats, folder / "statistics.csv", folder / "statistics.json")
+    save_label_montage(volume, lungs, folder / "overlay.png", title="qc case", label_map=label_map("lungs"))
+    outcome = CaseOutcome("qc case", "ct", "qc_studies/qc case/ct", "done", seconds=1.0,
+                          outputs={"statistics_csv": "statistics.csv", "statistics_json": "statistics.json",
+                                   "overlay": "overlay.png"},
+                          flags=sorted({flag.code for flag in stats.flags}), folder="qc case",
+                          summary={"volumes_ml": label_volumes(Volume(lungs, volume.affine),
+                                                               label_map("lungs").names())})
+    (folder / "case.json").write_text(json.dumps(asdict(outcome)))
+    (out / "run.json").write_text(json.dumps({"workflow": "qc", "cases": [asdict(outcome)], "counts": {"done": 1}}))
+    return folder
+
+
+def test_qc_flags_and_reasons_on_the_review_pages(tmp_path: Path) -> None:
+    from medseg.export.review.parts import FLAG_HELP, INFO_FLAGS, RED_FLAGS, flag_colour, flagged
+
+    out = tmp_path / "out"
+    folder = _qc_case(out)
+    write_review_package(out)
+    stats = json.loads((folder / "statistics.json").read_text())
+    codes = {flag["code"] for flag in stats["flags"]}
+    assert {"lung_split_failed", "lung_islands"} <= codes, stats["flags"]
+    case = json.loads((folder / "case.json").read_text())
+    assert {"lung_split_failed", "lung_islands"} <= set(case["flags"])
+    page = (folder / "review.html").read_text(encoding="utf-8")
+    text = " ".join(_parse(folder / "review.html").text)
+    for flag in stats["flags"]:
+        assert flag["message"] in text                                  # every reason, in full, on the case page
+    assert "left lung is" in text and "the left/right split likely failed" in text
+    assert "class='pill flag red'" in page and "class='pill flag muted'" in page
+    assert "<div class='panel red'>" in page
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "lung_split_failed" in index and "tr class='flagged red'" in index
+    rows = _read_sheet(out / "review.csv")
+    assert "lung_split_failed" in next(r for r in rows if r["structure"] == "left_lung")["flags"]
+    assert "lung_islands" in next(r for r in rows if r["structure"] == WHOLE_CASE)["flags"]
+    new = {"lung_split_failed", "lung_outside_body", "lobes_out_of_order", "lobe_fragmented", "lung_islands"}
+    assert new <= set(FLAG_HELP)
+    assert {"lung_split_failed", "lobes_out_of_order"} <= RED_FLAGS
+    assert "lung_islands" in INFO_FLAGS
+    assert flag_colour("lung_islands") == "muted" and flagged(["lung_islands"]) == "flagged info"
+    assert flagged(["lung_islands", "lobe_fragmented"]) == "flagged"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medseg.configfile import ConfigSchemaError
 from medseg.data.phantom.ct_case import synth_ct_case
@@ -26,30 +28,42 @@ from medseg.io.volume import Volume
 QC_FILE = Path(__file__).resolve().parents[1] / "configs" / "qc" / "lobes.yaml"
 VOXEL_ML = 1.5**3 / 1000.0
 LOBES = {"LUL": 1, "LLL": 2, "RUL": 3, "RML": 4, "RLL": 5}
-BOXES = {  # label -> (i, j, k) box; none reaches index 0 or 19, none touches another
-    1: np.s_[1:9, 1:9, 1:9], 2: np.s_[1:9, 1:9, 10:19], 3: np.s_[11:19, 1:9, 1:7],
-    4: np.s_[11:19, 1:9, 8:12], 5: np.s_[11:19, 1:9, 13:19],
+BOXES = {  # label -> (i, j, k) box: a 3-voxel tissue margin to every image face (a body around the lungs), none
+    # touches another; +i is the patient's right, +j anterior, -k superior (so the lobes lie in anatomical order)
+    1: np.s_[4:12, 4:12, 4:12], 2: np.s_[4:12, 4:12, 13:22], 3: np.s_[14:22, 4:12, 4:10],
+    4: np.s_[14:22, 5:13, 11:15], 5: np.s_[14:22, 4:12, 16:22],
 }
 COUNTS = {1: 512, 2: 576, 3: 384, 4: 256, 5: 384}
+SIZE = 25
 
 
 def _hand_built(seed: int = 0) -> tuple[Volume, np.ndarray]:
-    """20^3 voxels of 1.5 mm (flipped axes: negative determinant); lung HU around -900 with tails below -950."""
+    """25^3 voxels of 1.5 mm (a flipped axis: negative determinant); lung HU around -900 with tails below -950,
+    tissue (40 HU) around it."""
     rng = np.random.default_rng(seed)
-    labels = np.zeros((20, 20, 20), np.uint8)
+    labels = np.zeros((SIZE, SIZE, SIZE), np.uint8)
     for label, box in BOXES.items():
         labels[box] = label
     hu = np.full(labels.shape, 40.0, np.float32)
     for label in BOXES:
         mask = labels == label
         hu[mask] = np.round(rng.normal(-880 - 10 * label, 50, mask.sum()))
-    affine = np.diag([-1.5, 1.5, 1.5, 1.0])
+    affine = np.diag([1.5, 1.5, -1.5, 1.0])
     affine[:3, 3] = (10.0, -20.0, 30.0)
     return Volume(hu, affine, source="hand-built"), labels
 
 
 def _codes(stats, code: str) -> set:
     return stats.flagged(code)
+
+
+def _message(stats, code: str) -> str:
+    [message] = [flag.message for flag in stats.flags if flag.code == code]
+    return message
+
+
+PIECE_FLAGS = {"lobe_fragmented", "lung_islands"}
+NEW_FLAGS = {"lung_split_failed", "lung_outside_body", "lobes_out_of_order", *PIECE_FLAGS}
 
 
 def test_hand_built_volumes_shares_and_densities_are_exact():
@@ -173,18 +187,30 @@ def test_missing_lobe():
     assert "RML" not in _codes(stats, "volume_out_of_range")       # reported once, as missing
 
 
-def test_fragmented_lobe_above_threshold_only():
+def test_hand_built_pieces_inside_the_lung_and_detached_ones():
     volume, labels = _hand_built()
-    labels[9, 9, 9] = 1                                            # touches the LUL box by a corner: same part
+    labels[12, 12, 12] = 1                                         # touches the LUL box by a corner: same part
     assert lobe_statistics(volume, labels).row("LUL").n_components == 1
-    labels[1, 14, 14] = 1                                          # one stray voxel: 0.2 % of the lobe, 0.003 mL
+    labels[4, 18, 18] = 1                                          # one stray voxel in tissue: 0.003 mL
     stats = lobe_statistics(volume, labels)
-    assert stats.row("LUL").n_components == 2 and "fragmented" not in stats.row("LUL").flags
-    labels[1:4, 12:16, 12:15] = 1                                  # 36 voxels: 6.5 % of the lobe
+    assert stats.row("LUL").n_components == 2 and not {f.code for f in stats.flags} & PIECE_FLAGS
+    labels[4:8, 16:20, 17:20] = 1                                  # 48 detached voxels (0.16 mL, 8 % of the lobe)
     stats = lobe_statistics(volume, labels)
     row = stats.row("LUL")
     assert row.n_components == 2 and row.largest_component_ml == pytest.approx(513 * VOXEL_ML)
-    assert _codes(stats, "fragmented") == {"LUL"}
+    assert not {f.code for f in stats.flags} & PIECE_FLAGS        # an island below island_min_ml (1 mL)
+    stats = lobe_statistics(volume, labels, qc=QcRanges(island_min_ml=0.1))
+    assert _codes(stats, "lung_islands") == {"left_lung"} and not _codes(stats, "lobe_fragmented")
+    assert "0.2 mL" in _message(stats, "lung_islands")
+
+    volume, labels = _hand_built()
+    labels[6:10, 6:10, 16:19] = 1                                  # 48 LUL voxels inside LLL: 8.6 % of LUL
+    stats = lobe_statistics(volume, labels)
+    assert _codes(stats, "lobe_fragmented") == {"LUL"} and not _codes(stats, "lung_islands")
+    message = _message(stats, "lobe_fragmented")
+    assert "next to LLL" in message and "0.2 mL" in message and "lobe split" in message
+    assert "lobe_fragmented" in stats.row("LUL").flags
+    assert not lobe_statistics(volume, labels, qc=QcRanges(fragment_min_percent=10)).flagged("lobe_fragmented")
 
 
 def test_empty_mask_gives_nan_rows_not_zeros():
@@ -259,6 +285,11 @@ def test_qc_config_file_matches_defaults_and_refuses_unknown_keys(tmp_path):
     bad.write_text("share_percent:\n  RML: [14, 4]\n")
     with pytest.raises(ConfigSchemaError, match=r"share_percent\.RML"):
         load_qc_ranges(bad)
+    bad.write_text("split_min_percent: 60\n")                      # at most 50: both sides cannot be below it
+    with pytest.raises(ConfigSchemaError, match="split_min_percent"):
+        load_qc_ranges(bad)
+    for key in ("island_min_ml", "split_min_percent", "outside_body_max_ml", "fragment_min_ml"):
+        assert f"\n{key}: " in QC_FILE.read_text()                  # every threshold is in the file, with its source
 
 
 def test_custom_ranges_change_flags():
@@ -267,3 +298,152 @@ def test_custom_ranges_change_flags():
     stats = lobe_statistics(volume, labels, qc=qc)
     assert _codes(stats, "volume_out_of_range") == {"LUL"}
     assert "24.2 %" in next(f.message for f in stats.flags if f.code == "volume_out_of_range")
+
+
+# --- label-free QC on a realistic phantom (128 x 128 in-plane, ~3 mm pixels) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def phantom128(tmp_path_factory):
+    """A correct phantom CT with its lobe and lung label maps and the patient's body."""
+    from medseg.infer.lungmask import body_mask
+
+    case = synth_ct_case(tmp_path_factory.mktemp("qc_phantom") / "case", 11, size=128, findings=[])
+    volume = load_volume(case.folder / "ct")
+    lobes = np.asarray(read_nifti(case.folder / "lobes.nii.gz").array)
+    lungs = np.asarray(read_nifti(case.folder / "lungs.nii.gz").array)
+    return volume, lobes, lungs, body_mask(volume)
+
+
+def _block(region: np.ndarray, ml: float, voxel_ml: float) -> tuple[slice, ...]:
+    """A block of about `ml` (4 x 4 in-plane voxels, slices to fit) lying entirely in `region`."""
+    shape = (4, 4, max(1, round(ml / voxel_ml / 16)))
+    centres = np.argwhere(ndimage.binary_erosion(region, np.ones(shape, bool)))
+    assert centres.size, "no room for the block"
+    centre = centres[len(centres) // 2]
+    return tuple(slice(c - n // 2, c - n // 2 + n) for c, n in zip(centre, shape, strict=True))
+
+
+def test_correct_phantom_raises_none_of_the_new_flags(phantom128):
+    volume, lobes, lungs, _ = phantom128
+    for labels, name in ((lobes, "lobes"), (lungs, "lungs")):
+        stats = lobe_statistics(volume, labels, name)
+        assert not {flag.code for flag in stats.flags} & NEW_FLAGS, [flag.message for flag in stats.flags]
+
+
+def test_swapped_sides(phantom128):
+    volume, lobes, lungs, _ = phantom128
+    swap = np.array([0, 3, 5, 1, 4, 2], np.uint8)                  # LUL <-> RUL, LLL <-> RLL
+    stats = lobe_statistics(volume, swap[lobes])
+    assert _codes(stats, "lobes_out_of_order") == {"total"}
+    message = _message(stats, "lobes_out_of_order")
+    assert "LUL and LLL" in message and "patient's right" in message and "swapped" in message
+    stats = lobe_statistics(volume, np.array([0, 2, 1], np.uint8)[lungs], "lungs")
+    assert _codes(stats, "lobes_out_of_order") == {"total"} and "(left lung)" in _message(stats, "lobes_out_of_order")
+    assert not _codes(stats, "lung_split_failed")                  # both sides still hold about half
+
+
+def test_failed_left_right_split(phantom128):
+    volume, _, lungs, _ = phantom128
+    stats = lobe_statistics(volume, np.where(lungs > 0, 1, 0).astype(np.uint8), "lungs")
+    assert _codes(stats, "lung_split_failed") == {"left_lung"}
+    assert "no left lung" in _message(stats, "lung_split_failed")
+    assert "lung_split_failed" in stats.row("left_lung").flags
+
+    labels = lungs.copy()                                          # most of the left lung labelled right
+    left = np.argwhere(lungs == 2)
+    cut = np.quantile(left[:, 2], 0.8)
+    labels[tuple(left[left[:, 2] < cut].T)] = 1
+    stats = lobe_statistics(volume, labels, "lungs")
+    share = stats.row("left_lung").share_percent
+    assert 5 < share < 20
+    assert _codes(stats, "lung_split_failed") == {"left_lung"}
+    assert f"left lung is {share:.1f} % of the total lung volume (expected 41.9-50.9 %" in \
+        _message(stats, "lung_split_failed")
+    assert not lobe_statistics(volume, labels, "lungs", QcRanges(split_min_percent=5)).flagged("lung_split_failed")
+
+
+def test_lobes_out_of_order(phantom128):
+    volume, lobes, _, _ = phantom128
+    labels = np.array([0, 1, 2, 4, 3, 5], np.uint8)[lobes]         # RUL <-> RML: the middle lobe on top
+    stats = lobe_statistics(volume, labels)
+    assert _codes(stats, "lobes_out_of_order") == {"RML"}
+    assert re.search(r"RML's centre lies \d+ mm above RUL's", _message(stats, "lobes_out_of_order"))
+    labels = np.array([0, 2, 1, 3, 4, 5], np.uint8)[lobes]         # LUL <-> LLL
+    stats = lobe_statistics(volume, labels)
+    assert _codes(stats, "lobes_out_of_order") == {"LUL"}
+    assert re.search(r"LUL's centre lies \d+ mm below LLL's", _message(stats, "lobes_out_of_order"))
+    right = np.argwhere(np.isin(lobes, (3, 4, 5)))                 # the front half of the right lung is RLL,
+    front = right[:, 1] * volume.affine[1, 1] > np.median(right[:, 1] * volume.affine[1, 1])   # the back RML
+    labels = lobes.copy()
+    labels[tuple(right[front].T)] = 5
+    labels[tuple(right[~front].T)] = 4
+    stats = lobe_statistics(volume, labels)
+    assert "behind RLL's" in " ".join(f.message for f in stats.flags if f.code == "lobes_out_of_order")
+
+
+def test_lung_outside_the_body(phantom128):
+    volume, lobes, _, body = phantom128
+    voxel_ml = abs(np.linalg.det(volume.affine[:3, :3])) / 1000
+    outside = ~ndimage.binary_dilation(body, iterations=2)
+    labels = lobes.copy()
+    labels[_block(outside, 5.0, voxel_ml)] = 3                     # RUL painted into the air beside the patient
+    stats = lobe_statistics(volume, labels)
+    assert _codes(stats, "lung_outside_body") == {"total"}
+    painted = np.count_nonzero(labels != lobes) * voxel_ml
+    assert f"{painted:.1f} mL of lung label lies outside the patient's body (RUL {painted:.1f} mL" in \
+        _message(stats, "lung_outside_body")
+    assert not lobe_statistics(volume, labels, qc=QcRanges(outside_body_max_ml=10)).flagged("lung_outside_body")
+    small = lobes.copy()
+    small[_block(outside, 0.5, voxel_ml)] = 3
+    assert not lobe_statistics(volume, small).flagged("lung_outside_body")
+
+
+def test_detached_island_is_not_a_lobe_fragment(phantom128):
+    volume, lobes, lungs, body = phantom128
+    voxel_ml = abs(np.linalg.det(volume.affine[:3, :3])) / 1000
+    room = ndimage.binary_erosion(body, iterations=3) & ~ndimage.binary_dilation(lobes > 0, iterations=3)
+    block = _block(room, 2.0, voxel_ml)
+    for labels, name, value, row in ((lobes, "lobes", 3, "right_lung"), (lungs, "lungs", 2, "left_lung")):
+        painted = labels.copy()
+        painted[block] = value
+        stats = lobe_statistics(volume, painted, name)
+        assert _codes(stats, "lung_islands") == {row} and not _codes(stats, "lobe_fragmented")
+        assert not _codes(stats, "lung_outside_body")
+        ml = np.count_nonzero(painted != labels) * voxel_ml
+        assert 1.5 < ml < 2.5 and f"a detached island of {row.replace('_', ' ')} mask ({ml:.1f} mL)" in \
+            _message(stats, "lung_islands")
+
+
+def test_lobe_piece_inside_another_lobe_is_a_fragment(phantom128):
+    volume, lobes, lungs, _ = phantom128
+    voxel_ml = abs(np.linalg.det(volume.affine[:3, :3])) / 1000
+    labels = lobes.copy()
+    labels[_block(ndimage.binary_erosion(lobes == 2, iterations=2), 2.0, voxel_ml)] = 1   # a LUL piece inside LLL
+    stats = lobe_statistics(volume, labels)
+    assert _codes(stats, "lobe_fragmented") == {"LUL"} and not _codes(stats, "lung_islands")
+    assert "next to LLL: the lobe split is likely wrong" in _message(stats, "lobe_fragmented")
+    labels = lungs.copy()
+    labels[_block(lungs == 2, 2.0, voxel_ml)] = 1                  # right-lung label inside the left lung
+    stats = lobe_statistics(volume, labels, "lungs")
+    assert _codes(stats, "lobe_fragmented") == {"right_lung"}
+    assert "next to left lung: the left/right split" in _message(stats, "lobe_fragmented")
+
+
+def test_new_flags_reach_the_csv_and_json(phantom128, tmp_path):
+    volume, _, lungs, _ = phantom128
+    stats = lobe_statistics(volume, np.where(lungs > 0, 1, 0).astype(np.uint8), "lungs")
+    csv_path, json_path = write_statistics(stats, tmp_path / "s.csv", tmp_path / "s.json")
+    with csv_path.open(newline="") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert "lung_split_failed" in rows["left_lung"]["flags"].split(";")
+    report = json.loads(json_path.read_text())
+    assert any(f["code"] == "lung_split_failed" and "no left lung" in f["message"] for f in report["flags"])
+    assert report["qc_ranges"]["split_min_percent"] == 20
+
+
+def test_share_reason_never_prints_the_bound_it_lies_outside_of():
+    volume, labels = _hand_built()                                  # LUL: 512 / 2112 = 24.24 % of the lung
+    stats = lobe_statistics(volume, labels, qc=QcRanges(share_percent={"LUL": (10, 24.2)}))
+    [message] = [f.message for f in stats.flags if f.code == "volume_out_of_range" and f.label == "LUL"]
+    assert message.startswith("LUL is 24.24 % of the total lung volume, outside the plausible 10-24.2 %")

@@ -14,6 +14,7 @@ from medseg.export.review.parts import (
     flag_colour,
     flagged,
     kind_pill,
+    severity,
     status_pill,
     write_review_page,
 )
@@ -36,14 +37,21 @@ def _case_flags(case: ReviewCase) -> list[tuple[str, str | None, str]]:
 
 
 def _flags_panel(case: ReviewCase) -> str:
-    flags = _case_flags(case)
+    flags = sorted(_case_flags(case), key=lambda flag: severity(flag[0]))      # red first; stable otherwise
     if not flags:
         return "<div class='panel ok'><b>No QC flags.</b></div>"
-    colour = "red" if any(flag_colour(code) == "red" for code, _, _ in flags) else "amber"
-    items = "".join(f"<li>{badge(code)}<span class=where>{escape(where or 'case')}</span>{escape(message)}</li>"
+    colours = {flag_colour(code) for code, _, _ in flags}
+    colour = "red" if "red" in colours else "amber" if "amber" in colours else "info"
+    items = "".join(f"<li>{badge(code)}<span class=where>{escape(_where(where))}</span>{escape(message)}</li>"
                     for code, where, message in flags)
-    return (f"<div class='panel {colour}'><h3>QC flags ({len(flags)}): check before accepting</h3>"
+    heading = "check before accepting" if colour != "info" else "low severity, for a glance"
+    return (f"<div class='panel {colour}'><h3>QC flags ({len(flags)}): {heading}</h3>"
             f"<ul class=flaglist>{items}</ul></div>")
+
+
+def _where(structure: str | None) -> str:
+    """The structure a flag concerns, as text: right_lung -> right lung; None -> case."""
+    return "case" if not structure else str(structure).replace("_", " ")
 
 
 def _figure(case: ReviewCase) -> str:
@@ -76,7 +84,7 @@ def _stats_table(case: ReviewCase) -> str:
             f"<td>{number(row.get('median_hu'), 0)}</td><td>{number(row.get('pd15_hu'), 0)}</td>"
             f"<td>{number(row.get('laa950_percent'), 2)}</td><td>{'–' if parts is None else escape(parts)}</td>"
             f"<td>{number(row.get('largest_component_ml'))}</td>"
-            f"<td class=l>{''.join(badge(code) for code in row.get('flags') or [])}</td></tr>")
+            f"<td class=l>{''.join(badge(code) for code in sorted(row.get('flags') or [], key=severity))}</td></tr>")
     head = [("Structure", "l"), ("Volume (mL)", "r"), ("Share (%)", "r"), ("Mean HU", "r"), ("Median HU", "r"),
             ("PD15 (HU)", "r"), ("LAA-950 (%)", "r"), ("Parts", "r"), ("Largest part (mL)", "r"), ("Flags", "l")]
     legend = ("<p class=muted>PD15: 15th percentile of HU. LAA-950: % of voxels below −950 HU. Parts: separate "

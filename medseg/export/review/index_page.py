@@ -15,6 +15,7 @@ from medseg.export.review.parts import (
     badge,
     flagged,
     kind_pill,
+    severity,
     status_pill,
     write_review_page,
 )
@@ -53,9 +54,9 @@ def _index_row(case: ReviewCase, status: str, out_dir: Path, position: int, kind
         mark = f" {pill('positive', 'amber')}" if called else ""
         cells += [f"<td class=l>{escape(name)}{mark}</td>",
                   f"<td data-v='{'' if p is None else p}'>{number(p, 3)}</td>"]
-    severity = {"": 0, "flagged": 1, "flagged red": 2}[flagged(flags)]
-    cells += [f"<td class=l data-v='{severity}{len(flags):03d} {escape(' '.join(flags))}'>"
-              f"{''.join(badge(code) for code in flags) or '<span class=muted>–</span>'}</td>",
+    rank = {"": 0, "flagged info": 1, "flagged": 2, "flagged red": 3}[flagged(flags)]
+    cells += [f"<td class=l data-v='{rank}{len(flags):03d} {escape(' '.join(flags))}'>"
+              f"{''.join(badge(code) for code in sorted(flags, key=severity)) or '<span class=muted>–</span>'}</td>",
               f"<td>{number(case.data.get('seconds'), 2)}</td>"]
     return f"<tr class='{flagged(flags)}'>{''.join(cells)}</tr>"
 
@@ -73,7 +74,8 @@ def _cases_table(cases: list[ReviewCase], statuses: dict[str, str], out_dir: Pat
     rows = [_index_row(case, statuses.get(case.case_id, "done"), out_dir, n, kinds) for n, case in enumerate(cases)]
     return (table(sortable, rows, table_css="sortable") +
             "<p class=muted>Click a column header to sort. Bar on the left: the case carries QC flags (red: a "
-            "structure is missing or the image is unusable).</p>")
+            "structure is missing or mislabelled, or the image is unusable; grey: low-severity flags only). Hover "
+            "over a flag for what it means; the case page gives each flag's reason.</p>")
 
 
 def _problems_table(problems: list[dict[str, Any]]) -> str:

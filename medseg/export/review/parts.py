@@ -7,18 +7,27 @@ from pathlib import Path
 
 from medseg.export.html import page, pill, write_page
 
-__all__ = ["FLAG_HELP", "INDEX_FILE", "PAGE_FILE", "STATUS", "badge", "flag_colour", "flagged", "kind_pill",
-           "status_pill", "write_review_page"]
+__all__ = ["FLAG_HELP", "INDEX_FILE", "INFO_FLAGS", "PAGE_FILE", "RED_FLAGS", "STATUS", "badge", "flag_colour",
+           "flagged", "kind_pill", "severity", "status_pill", "write_review_page"]
 
 PAGE_FILE = "review.html"
 INDEX_FILE = "index.html"
 
-RED_FLAGS = frozenset({"empty_mask", "not_hu", "missing_lobe", "unexpected_label"})
+RED_FLAGS = frozenset({"empty_mask", "not_hu", "missing_lobe", "unexpected_label", "lung_split_failed",
+                       "lobes_out_of_order"})
+"""Flags that make a case's statistics unusable as they stand (a side or lobe missing or mislabelled)."""
+INFO_FLAGS = frozenset({"lung_islands"})
+"""Low-severity flags: worth a glance, not a reason to doubt the case (grey, not amber)."""
 FLAG_HELP: dict[str, str] = {
     "missing_lobe": "a structure of the label map has no voxels",
-    "volume_out_of_range": "a volume or share is outside the plausible range",
+    "volume_out_of_range": "a volume or share is outside the plausible range (published mean ± 3 SD)",
     "touches_fov_edge": "the lung touches the edge of the field of view: partial coverage",
-    "fragmented": "a structure is split into separate parts",
+    "lobe_fragmented": "a piece of a lobe (or lung) lies inside the lung apart from its main part: a wrong split",
+    "lung_islands": "small pieces of the lung mask are detached from the main lungs (low severity)",
+    "lung_split_failed": "one lung holds almost none of the lung volume: the left/right split failed",
+    "lung_outside_body": "lung labels outside the patient's body: the segmentation leaked",
+    "lobes_out_of_order": "lobes or lungs in the wrong anatomical position: labels swapped or misplaced",
+    "fragmented": "a structure is split into separate parts (older runs)",
     "non_finite_voxels": "NaN/inf voxels in the image were replaced by air: volumes and densities are unreliable",
     "empty_mask": "no lung was found",
     "not_hu": "the image is not CT in Hounsfield units",
@@ -36,6 +45,8 @@ REVIEW_CSS = """
 td.wrap { white-space: normal; min-width: 240px; }
 tbody tr.flagged td:first-child { box-shadow: inset 4px 0 #e0a800; }
 tbody tr.flagged.red td:first-child { box-shadow: inset 4px 0 #d64545; }
+tbody tr.flagged.info td:first-child { box-shadow: inset 4px 0 #9aa3af; }
+.panel.info { border-left: 5px solid #9aa3af; }
 tbody tr.positive { background: #fff3d1; font-weight: 600; }
 th button { all: unset; cursor: pointer; }
 th button::after { content: " \\2195"; color: #9aa3af; }
@@ -80,14 +91,24 @@ document.querySelectorAll('table.sortable th button').forEach(function (button) 
 
 
 def flag_colour(code: str) -> str:
-    """'red' for flags that make a case unusable, else 'amber'."""
-    return "red" if code in RED_FLAGS else "amber"
+    """'red' for flags that make a case unusable, 'muted' for low-severity ones, else 'amber'."""
+    return "red" if code in RED_FLAGS else "muted" if code in INFO_FLAGS else "amber"
 
 
 def flagged(codes: Iterable[str]) -> str:
-    """Row class: `flagged` (amber bar) or `flagged red` when any flag is red; '' without flags."""
+    """Row class: `flagged red` when any flag is red, `flagged` (amber bar) when any is amber, `flagged info`
+    (grey bar) for low-severity flags only; '' without flags."""
     codes = list(codes)
-    return "" if not codes else "flagged red" if any(c in RED_FLAGS for c in codes) else "flagged"
+    if not codes:
+        return ""
+    if any(c in RED_FLAGS for c in codes):
+        return "flagged red"
+    return "flagged info" if all(c in INFO_FLAGS for c in codes) else "flagged"
+
+
+def severity(code: str) -> int:
+    """Sort key: red flags first, then amber, then low-severity ones."""
+    return {"red": 0, "amber": 1}.get(flag_colour(code), 2)
 
 
 def badge(code: str) -> str:
