@@ -16,6 +16,7 @@ from medseg.data.phantom import Components, build_chest_model
 from medseg.data.phantom.acquisition import sample_acquisition
 from medseg.data.phantom.ct_case import synth_ct_case
 from medseg.data.phantom.model import component_rng
+from medseg.data.phantom.render import KERNELS
 from medseg.io import load_volume
 from tests.conftest import sitk_read_series, sitk_world_matrix_ras
 
@@ -86,9 +87,12 @@ def test_acquisitions_vary_like_real_chest_ct():
         model = build_chest_model(seed, components=Components(vessels=False, airways=False))
         seen.append(sample_acquisition(component_rng(seed, "acquisition"), model, size=512))
     pixels = [a.pixel_spacing for a in seen]
-    assert min(pixels) >= 0.55 and max(pixels) <= 0.9 and max(pixels) - min(pixels) > 0.1
+    assert min(pixels) >= 0.55 and max(pixels) <= 0.98 and max(pixels) - min(pixels) > 0.1
     thickness = [a.slice_thickness for a in seen]
-    assert min(thickness) >= 0.625 and max(thickness) <= 5.0 and len(set(thickness)) >= 4
+    assert min(thickness) >= 0.625 and max(thickness) <= 8.0 and len(set(thickness)) >= 4
+    assert {KERNELS[a.kernel].sharpness for a in seen} == {"soft", "medium", "sharp"}
+    assert {a.arms for a in seen} >= {"up", "down"}
+    assert all(a.surroundings.table is not None for a in seen)
     assert {a.patient_position for a in seen} == {"HFS", "FFS"}
     assert any(a.truncation for a in seen)
     for a in seen:
@@ -123,3 +127,50 @@ def test_cli_rejects_unknown_findings_and_components(tmp_path):
     assert result.exit_code == 2 and "unknown finding" in result.output
     result = CliRunner().invoke(main, ["synth", "ct", "--out", str(tmp_path), "--without", "vesels"])
     assert result.exit_code == 2 and "vesels" in result.output
+
+
+def _acquisition(seed: int, size: int, slices: int):
+    model = build_chest_model(seed, components=Components(vessels=False, airways=False))
+    return sample_acquisition(component_rng(seed, "acquisition"), model, size=size, slices=slices)
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_reconstruction_circle_padding_and_labels(tmp_path, declared):
+    seed = next(s for s in range(200) if (a := _acquisition(s, 48, 12)).surroundings.fov_circle
+                and a.surroundings.padding_hu < -1024 and a.declare_padding == declared)
+    result = synth_ct_case(tmp_path / "c", seed, size=48, slices=12, findings=[])
+    padding = result.acquisition.surroundings.padding_hu
+    ii, jj = np.indices((48, 48))
+    outside = ((ii - 23.5) / 24) ** 2 + ((jj - 23.5) / 24) ** 2 > 1
+    raw = pydicom.dcmread(sorted((result.folder / "ct").iterdir())[0])
+    stored = raw.pixel_array.T                                   # (columns, rows) = (i, j)
+    assert np.all(stored[outside] * float(raw.RescaleSlope) + float(raw.RescaleIntercept) == padding)
+    assert ("PixelPaddingValue" in raw) == declared
+    volume = load_volume(result.folder / "ct")
+    assert np.all(volume.array[outside] == (-1024 if declared else padding))   # declared padding reads as air
+    lobes = np.asarray(nib.load(result.folder / "lobes.nii.gz").dataobj)
+    assert not lobes[outside].any()
+
+
+def test_case_summary_records_the_realism_setting(case):
+    summary = json.loads((case.folder / "findings.json").read_text())
+    acquisition, setting = summary["acquisition"], summary["setting"]
+    assert acquisition["kernel"] in KERNELS and acquisition["kernel_sharpness"] in ("soft", "medium", "sharp")
+    assert acquisition["arms"] in ("up", "down", "one_down") and acquisition["table"] in ("shell", "slab")
+    assert setting["contrast"]["phase"] in ("none", "arterial", "pulmonary", "venous")
+    assert {"table", "arms_beside_chest", "blankets", "ecg_electrodes", "fov_circle", "padding_hu",
+            "extra_fat_mm", "artifacts"} <= set(setting)
+    assert setting["table"]["pad_thickness"] > 0
+    for finding in summary["findings"]:
+        if finding["kind"] == "nodule":
+            assert finding["abuts"] in (None, "pleura", "fissure")
+
+
+def test_settings_vary_between_cases_and_repeat_per_seed():
+    seen = [_acquisition(seed, 64, 10) for seed in range(30)]
+    assert len({a.surroundings.table.kind for a in seen}) == 2
+    assert any(a.surroundings.blankets for a in seen) and any(a.surroundings.electrodes for a in seen)
+    assert {a.surroundings.fov_circle for a in seen} == {True, False}
+    assert len({a.surroundings.padding_hu for a in seen}) == 3
+    assert any(a.iterative > 0 for a in seen)
+    assert _acquisition(7, 64, 10) == _acquisition(7, 64, 10)

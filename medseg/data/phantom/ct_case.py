@@ -6,7 +6,9 @@ DIR/manifest.yaml
 DIR/case_000/ct/slice_0001.dcm ...   CT Image Storage series
 DIR/case_000/lobes.nii.gz            0 background, 1 LUL, 2 LLL, 3 RUL, 4 RML, 5 RLL
 DIR/case_000/lungs.nii.gz            0 background, 1 right lung, 2 left lung
-DIR/case_000/findings.json           acquisition, anatomy, lobe volumes, findings with positions and volumes
+DIR/case_000/findings.json           acquisition (kernel, noise, slices), setting (contrast phase, table and
+                                     mattress, arms, blankets, ECG leads, reconstruction circle and padding,
+                                     artifact strengths), anatomy, lobe volumes, findings with positions and volumes
 DIR/case_000/preview.png             (optional) axial/coronal/sagittal montage with lobe overlay
 ```
 """
@@ -28,7 +30,7 @@ from medseg.data.phantom.acquisition import Acquisition, sample_acquisition
 from medseg.data.phantom.findings import FINDING_KINDS
 from medseg.data.phantom.model import ChestModel, Components, build_chest_model, component_rng
 from medseg.data.phantom.render import PhantomImage, render
-from medseg.data.phantom.tissues import Tissue
+from medseg.data.phantom.tissues import Tissue, sample_contrast
 from medseg.io.atomic import write_atomically
 from medseg.io.dicom_write import SeriesInfo, write_ct_series
 from medseg.io.volume import Volume
@@ -127,8 +129,8 @@ def _nodule_volume(finding: Any, model: ChestModel, image: PhantomImage, inverse
     return float(np.count_nonzero(box == code))
 
 
-def _case_summary(case_id: str, seed: int, model: ChestModel, acquisition: Acquisition, image: PhantomImage
-                  ) -> dict[str, Any]:
+def _case_summary(case_id: str, seed: int, model: ChestModel, acquisition: Acquisition, image: PhantomImage,
+                  extra_fat_mm: float = 0.0) -> dict[str, Any]:
     from medseg import __version__
 
     voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
@@ -145,6 +147,13 @@ def _case_summary(case_id: str, seed: int, model: ChestModel, acquisition: Acqui
         "medseg_version": __version__,
         "components": [name for name, on in vars(model.components).items() if on],
         "acquisition": acquisition.describe(),
+        "setting": {
+            "contrast": model.contrast.describe() if model.contrast is not None else {"phase": "none"},
+            "extra_fat_mm": round(extra_fat_mm, 1),
+            "arms": acquisition.arms,
+            **acquisition.setting(),
+            "artifacts": image.notes,
+        },
         "anatomy": {
             "lung_volume_ml": round(total, 1),
             "lobe_volume_ml": lobe_ml,
@@ -159,6 +168,14 @@ def _case_summary(case_id: str, seed: int, model: ChestModel, acquisition: Acqui
         },
         "findings": _measure_findings(model, image, voxel_ml),
     }
+
+
+def _padding_value(acquisition: Acquisition) -> int | None:
+    """The stored PixelPaddingValue (rescale intercept -1024) when the case declares its padding."""
+    surroundings = acquisition.surroundings
+    if surroundings is None or not surroundings.fov_circle or not acquisition.declare_padding:
+        return None
+    return int(surroundings.padding_hu) + 1024
 
 
 def _visibility(gap_threshold: float) -> str:
@@ -179,8 +196,13 @@ def synth_ct_case(folder: str | Path, seed: int, *, case_id: str | None = None, 
     case_id = case_id or folder.name
     chosen = choose_findings(component_rng(seed, "finding_kinds")) if findings is None else list(findings)
     components = components or Components()
-    model = build_chest_model(seed, findings=chosen if components.findings else (), components=components)
-    acquisition = sample_acquisition(component_rng(seed, "acquisition"), model, size=size, slices=slices)
+    habitus = component_rng(seed, "habitus")
+    extra_fat = float(habitus.uniform(8.0, 40.0)) if habitus.uniform() < 0.3 else 0.0
+    contrast = sample_contrast(component_rng(seed, "contrast"), 41.0)
+    model = build_chest_model(seed, findings=chosen if components.findings else (), components=components,
+                              contrast=contrast, extra_fat_mm=extra_fat)
+    acquisition = sample_acquisition(component_rng(seed, "acquisition"), model, size=size, slices=slices,
+                                     extra_fat_mm=extra_fat)
     image = render(model, acquisition.grid, acquisition.scanner, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
     series_dir = folder / "ct"
@@ -191,12 +213,12 @@ def synth_ct_case(folder: str | Path, seed: int, *, case_id: str | None = None, 
         study_uid=_uid("study", seed), series_uid=_uid("series", seed), frame_of_reference_uid=_uid("frame", seed),
         series_description=f"medseg phantom {acquisition.slice_thickness:g} mm",
         patient_position=acquisition.patient_position, slice_thickness=acquisition.slice_thickness,
-        study_date="20260101",
+        study_date="20260101", pixel_padding_value=_padding_value(acquisition),
     )
     write_ct_series(image.hu, image.affine, series_dir, info)
     write_nifti(Volume(image.lobes, image.affine), folder / "lobes.nii.gz", label=True)
     write_nifti(Volume(image.lungs, image.affine), folder / "lungs.nii.gz", label=True)
-    summary = _case_summary(case_id, seed, model, acquisition, image)
+    summary = _case_summary(case_id, seed, model, acquisition, image, extra_fat)
     write_atomically(folder / "findings.json", lambda path: path.write_text(json.dumps(summary, indent=2)))
     if preview:
         from medseg.export.overlay import save_label_montage

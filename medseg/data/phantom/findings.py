@@ -162,6 +162,7 @@ class Nodule:
     diameter_mm: float
     hu: float
     lobules: tuple[Sphere, ...]
+    abuts: str | None = None       # "pleura" or "fissure" for a tumour touching it, else None
     kind: str = "nodule"
 
     @property
@@ -171,7 +172,7 @@ class Nodule:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "subtype": self.subtype, "lobe": _LOBE_NAMES[self.lobe],
                 "centre_body_mm": [round(v, 1) for v in self.centre], "diameter_mm": round(self.diameter_mm, 1),
-                "hu": round(self.hu, 1)}
+                "hu": round(self.hu, 1), "abuts": self.abuts}
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,9 @@ class Cardiomegaly:
         return {"kind": self.kind, "heart_scale": round(self.heart_scale, 3)}
 
 
-def nodule(rng: np.random.Generator, lobe: int, centre: np.ndarray, subtype: str, diameter: float) -> Nodule:
-    """A lobulated nodule of about `diameter` mm centred at `centre`."""
+def nodule(rng: np.random.Generator, lobe: int, centre: np.ndarray, subtype: str, diameter: float, *,
+           abuts: str | None = None) -> Nodule:
+    """A lobulated nodule of about `diameter` mm centred at `centre` (`abuts`: what it touches, if anything)."""
     hu = rng.uniform(20.0, 60.0) if subtype == "solid" else rng.uniform(-680.0, -480.0)
     tissue = Tissue.NODULE if subtype == "solid" else Tissue.GROUND_GLASS
     radius = diameter / 2.0
@@ -197,4 +199,4 @@ def nodule(rng: np.random.Generator, lobe: int, centre: np.ndarray, subtype: str
         offset = centre + direction * radius * rng.uniform(0.3, 0.5)
         lobules.append(Sphere(tuple(float(v) for v in offset), radius * rng.uniform(0.45, 0.65), tissue, hu))
     return Nodule(subtype=subtype, lobe=lobe, centre=tuple(float(v) for v in centre), diameter_mm=diameter,
-                  hu=hu, lobules=tuple(lobules))
+                  hu=hu, lobules=tuple(lobules), abuts=abuts)

@@ -28,7 +28,7 @@ from medseg.data.phantom.anatomy import (
     sample_tissue_hu,
 )
 from medseg.data.phantom.shapes import LOBES, lobe_coordinates, lobe_labels, pleural_space
-from medseg.data.phantom.tissues import Tissue
+from medseg.data.phantom.tissues import Contrast, Tissue
 from medseg.data.phantom.trees import Segments, bronchovascular_tree, grow_tree
 
 __all__ = ["COMPONENTS", "ChestModel", "Components", "Tube", "build_chest_model", "component_rng"]
@@ -50,6 +50,9 @@ class Components:
     noise: bool = True
     blur: bool = True
     pose: bool = True
+    contrast: bool = True          # intravenous contrast, when the case asks for it (CT cases)
+    surroundings: bool = True      # table, mattress, arms beside the chest, blankets, ECG leads, FOV circle
+    artifacts: bool = True         # kernel-shaped non-stationary noise, streaks, beam hardening
 
     @classmethod
     def without(cls, names: Iterable[str]) -> Components:
@@ -98,6 +101,7 @@ class ChestModel:
     airway_walls: Segments | None = None
     airway_lumens: Segments | None = None
     lung_extent_mm: tuple[np.ndarray, np.ndarray] | None = None
+    contrast: Contrast | None = None
 
     def diffuse_findings(self) -> list[Any]:
         if not self.components.findings:
@@ -190,6 +194,30 @@ def _pick_point(rng: np.random.Generator, grid: _Calibration, allowed: np.ndarra
     return np.array([grid.x[index], grid.y[index], grid.z[index]]) + jitter
 
 
+def _pick_border_point(rng: np.random.Generator, grid: _Calibration, allowed: np.ndarray, radius: float
+                       ) -> tuple[np.ndarray | None, str | None]:
+    """A calibration point in `allowed` close enough to its border for a ball of `radius` to touch it.
+
+    Returns the point and what the ball touches: "fissure" (the nearest point outside is another lobe) or
+    "pleura" (chest wall, mediastinum, diaphragm or pleural fluid); (None, None) when no point qualifies.
+    """
+    volume = np.zeros(grid.grid_shape, dtype=bool)
+    volume[grid.mask] = allowed
+    if not volume.any():
+        return None, None
+    depth, nearest = ndimage.distance_transform_edt(volume, sampling=CALIBRATION_STEP_MM, return_indices=True)
+    depth = depth - CALIBRATION_STEP_MM / 2                        # the border lies between voxel centres
+    inside = np.argwhere(volume & (depth >= max(4.5, 0.3 * radius)) & (depth <= 0.85 * radius))
+    if not len(inside):
+        return None, None
+    point = inside[int(rng.integers(len(inside)))]
+    outside = tuple(int(nearest[axis][tuple(point)]) for axis in range(3))
+    labels = grid.label_volume()
+    abuts = "fissure" if labels[outside] not in (0, labels[tuple(point)]) else "pleura"
+    centre = grid.origin + point * CALIBRATION_STEP_MM
+    return centre.astype(float), abuts
+
+
 def _sample_findings(model: ChestModel, grid: _Calibration, kinds: Iterable[str], rng: np.random.Generator
                      ) -> None:
     """Place each requested finding kind with case-specific size, side/lobe and attenuation."""
@@ -235,14 +263,22 @@ def _sample_findings(model: ChestModel, grid: _Calibration, kinds: Iterable[str]
             model.findings.append(fnd.Consolidation(lobe=lobe, centre=tuple(float(v) for v in centre),
                                                     radius=radius, hu=float(rng.uniform(25.0, 45.0))))
     if "nodule" in kinds:
+        placement = component_rng(model.seed, "nodule_placement")   # own stream: other draws stay the same
         for _ in range(int(rng.choice([1, 1, 2, 3]))):
             subtype = "solid" if rng.uniform() < 0.75 else "ground_glass"
             low, high = (4.0, 30.0) if subtype == "solid" else (8.0, 25.0)
             diameter = float(np.exp(rng.uniform(np.log(low), np.log(high))))
             lobe = int(rng.choice(list(LOBES.values()), p=_lobe_probabilities(model)))
-            centre = _pick_point(rng, grid, free & (grid.labels == lobe), diameter / 2 + 4.0)
+            centre, abuts = None, None
+            if placement.uniform() < 0.4:           # juxtapleural / perifissural tumours, sometimes large masses
+                if subtype == "solid" and placement.uniform() < 0.3:
+                    diameter = float(placement.uniform(30.0, 55.0))
+                diameter = max(diameter, 10.0)
+                centre, abuts = _pick_border_point(placement, grid, free & (grid.labels == lobe), diameter / 2)
+            if centre is None:
+                centre = _pick_point(rng, grid, free & (grid.labels == lobe), diameter / 2 + 4.0)
             if centre is not None:
-                model.findings.append(fnd.nodule(rng, lobe, centre, subtype, diameter))
+                model.findings.append(fnd.nodule(rng, lobe, centre, subtype, diameter, abuts=abuts))
     if "cardiomegaly" in kinds:
         model.findings.append(fnd.Cardiomegaly(heart_scale=model.shape.heart_scale))
 
@@ -320,12 +356,12 @@ def _grow_trees(model: ChestModel, grid: _Calibration, rng: np.random.Generator,
         hilum = 0.5 * (bronchus_end + artery_end) + np.array([side * 10.0, 0.0, -8.0])
         separation = artery_end - bronchus_end
         half = float(np.linalg.norm(separation)) / 2.0
-        a, w, lu = bronchovascular_tree(hilum, separation / (2 * half), half, artery_points, root_radius=9.0)
+        a, w, lu = bronchovascular_tree(hilum, separation / (2 * half), half, artery_points, root_radius=7.5)
         arteries.append(a)
         walls.append(w)
         lumens.append(lu)
         atrium = np.array([cx + side * 28.0 + 10.0, cy - 30.0, cz + 18.0])
-        vein = grow_tree(atrium, vein_points, root_radius=8.0, min_radius=0.45)
+        vein = grow_tree(atrium, vein_points, root_radius=6.5, min_radius=0.45)
         veins.append(Segments(vein.start, vein.end, vein.radius))
     model.arteries = Segments.concat(arteries)
     model.veins = Segments.concat(veins)
@@ -334,11 +370,14 @@ def _grow_trees(model: ChestModel, grid: _Calibration, rng: np.random.Generator,
 
 
 def build_chest_model(seed: int, *, findings: Iterable[str] = (), posture: str = "supine",
-                      components: Components | None = None, vessel_density: float = 1500.0) -> ChestModel:
+                      components: Components | None = None, vessel_density: float = 1500.0,
+                      contrast: Contrast | None = None, extra_fat_mm: float = 0.0) -> ChestModel:
     """Sample one chest for `seed` with the given finding kinds (see `findings.FINDING_KINDS`).
 
     `posture` is "supine" (CT: fluid posterior, air anterior) or "upright" (PA radiograph: fluid at the
     bases, air at the apex). `vessel_density` is tree end points per litre of lung (more = finer vessels).
+    `contrast` sets the blood attenuation (`tissues.sample_contrast`; None: no contrast) and `extra_fat_mm`
+    thickens the subcutaneous fat (a heavier patient; the thoracic cavity and lungs stay the same).
     """
     kinds = list(findings)
     unknown = sorted(set(kinds) - set(fnd.FINDING_KINDS))
@@ -352,6 +391,8 @@ def build_chest_model(seed: int, *, findings: Iterable[str] = (), posture: str =
     heart_scale = float(component_rng(seed, "cardiomegaly").uniform(1.33, 1.55)) if "cardiomegaly" in kinds else None
     hyperinflation = float(component_rng(seed, "hyperinflation").uniform(0.3, 1.0)) if "emphysema" in kinds else 0.0
     shape = sample_chest_shape(anatomy_rng, heart_scale=heart_scale, hyperinflation=hyperinflation)
+    if extra_fat_mm > 0:
+        shape = _with_extra_fat(shape, extra_fat_mm)
     fissure_list = sample_fissures(component_rng(seed, "fissures"), shape)
     names = ("left_oblique", "right_oblique", "right_horizontal")
     model = ChestModel(
@@ -367,6 +408,28 @@ def build_chest_model(seed: int, *, findings: Iterable[str] = (), posture: str =
     if kinds:
         _sample_findings(model, grid, kinds, component_rng(seed, "findings"))
     model.tubes = _mediastinal_tubes(model)
+    if contrast is not None and components.contrast and contrast.phase != "none":
+        _enhance(model, contrast)
     if components.vessels or components.airways:
         _grow_trees(model, grid, component_rng(seed, "trees"), vessel_density)
     return model
+
+
+def _with_extra_fat(shape: ChestShape, extra: float) -> ChestShape:
+    """The same chest under `extra` mm more subcutaneous fat (more at the sides and front than the back)."""
+    return replace(shape, fat=shape.fat + extra, body_half_width=shape.body_half_width + 1.15 * extra,
+                   body_front=shape.body_front + extra, body_back=shape.body_back + 0.6 * extra)
+
+
+_CONTRAST_TUBES = {"aorta": "aorta", "pulmonary trunk": "pulmonary_artery",
+                   "right pulmonary artery": "pulmonary_artery", "left pulmonary artery": "pulmonary_artery",
+                   "superior vena cava": "vena_cava"}
+
+
+def _enhance(model: ChestModel, contrast: Contrast) -> None:
+    """Blood, heart, great vessels, liver and spleen as they look after an intravenous contrast injection."""
+    model.contrast = contrast
+    model.hu = replace(model.hu, blood=contrast.heart, liver=model.hu.liver + contrast.liver_boost,
+                       spleen=model.hu.spleen + contrast.spleen_boost)
+    model.tubes = [replace(tube, hu=getattr(contrast, _CONTRAST_TUBES[tube.name]))
+                   if tube.name in _CONTRAST_TUBES else tube for tube in model.tubes]

@@ -18,8 +18,8 @@ from medseg.labels import label_map
 if TYPE_CHECKING:
     from medseg.data.phantom.model import ChestModel
 
-__all__ = ["PointLabels", "cavity_extent", "dome_height", "evaluate_points", "lobe_coordinates", "lobe_labels",
-           "mediastinum_half_width", "pleural_space"]
+__all__ = ["PointLabels", "body_outline", "cavity_extent", "dome_height", "evaluate_points", "lobe_coordinates",
+           "lobe_labels", "mediastinum_half_width", "pleural_space"]
 
 LOBES = {label.short: label.value for label in label_map("lobes").foreground}
 """Lobe abbreviation -> label value, from the registry (`configs/labels/lobes.yaml`)."""
@@ -33,6 +33,18 @@ class PointLabels:
     tissue: np.ndarray
     lobe: np.ndarray
     hu: np.ndarray
+
+
+def body_outline(model: ChestModel, theta: np.ndarray, offset: np.ndarray | float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Body-frame (x, y) of the skin at angles `theta` (radians from +x, the patient's right, towards +y,
+    anterior), pushed `offset` mm outwards along the radius. The outline is the same at every height."""
+    s = model.shape
+    c, n = np.cos(theta), np.sin(theta)
+    x = s.body_half_width * np.sign(c) * np.abs(c) ** (2.0 / _BODY_EXPONENT)
+    y = np.where(n >= 0, s.body_front, s.body_back) * np.sign(n) * np.abs(n) ** (2.0 / _BODY_EXPONENT)
+    radius = np.maximum(np.hypot(x, y), 1e-6)
+    return x + offset * x / radius, y + offset * y / radius
 
 
 def cavity_extent(model: ChestModel, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, ...]:
