@@ -100,12 +100,12 @@ def _tiny_dataset(root: Path) -> Path:
     return synth_ct_dataset(root, cases=3, seed=4, size=96, slices=36, findings=[])
 
 
-def _train_config(tmp_path: Path, manifest: Path, epochs: int) -> Path:
+def _train_config(tmp_path: Path, manifest: Path, epochs: int, **preprocessing) -> Path:
     config = {
         "task": "lobes",
         "data": {"manifest": str(manifest), "train_splits": ["train", "test"], "val_splits": ["val"]},
         "preprocessing": {"modality": "ct", "windows": [{"center": -600, "width": 1500}], "stack": 3,
-                          "spacing": [4.0, 4.0, 5.0], "roi_margin_mm": 8},
+                          "spacing": [4.0, 4.0, 5.0], "roi_margin_mm": 8, **preprocessing},
         "model": {"architecture": "unet_resnet18", "args": {"decoder_channels": [32, 16, 16, 8, 8]}},
         "schedule": {"epochs": epochs, "steps_per_epoch": 2, "batch_size": 2, "patch": [96, 64]},
         "threads": 1,
@@ -152,9 +152,42 @@ def test_train_resume_and_segment_on_the_source_grid(tmp_path: Path) -> None:
     assert labels.shape == volume.shape and np.allclose(result.labels.affine, volume.affine)
     assert set(np.unique(labels)) <= {0, 1, 2, 3, 4, 5}
     sides = lung_mask(volume)
+    assert np.array_equal(labels > 0, sides > 0)                 # the lobes divide the lung mask, exactly
     assert not np.isin(labels[sides == 1], [1, 2]).any()        # right lung: right lobes only
     assert not np.isin(labels[sides == 2], [3, 4, 5]).any()
     assert set(result.timings) >= {"lung_mask", "resample", "model", "to_source_grid", "postprocess"}
+
+
+@pytest.mark.slow
+def test_position_channel_and_scanner_augmentation_train_and_segment_partial_scans(tmp_path: Path) -> None:
+    from medseg.infer.lungmask import lung_mask
+    from medseg.infer.segment import LobeSegmenter
+    from medseg.io import Volume, load_volume
+    from medseg.models import read_model_card
+
+    manifest = _tiny_dataset(tmp_path / "data")
+    scanner = {"scanner_thick_prob": 0.5, "scanner_lowres_prob": 0.5, "scanner_kernel_prob": 0.5,
+               "scanner_noise_prob": 0.5, "scanner_hu_prob": 0.5, "position_dropout": 0.5}
+    config = _train_config(tmp_path, manifest, epochs=1, position_channel=True, augmentation=scanner)
+    result = CliRunner().invoke(main, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    card = read_model_card(tmp_path / "run" / "best.safetensors")
+    assert card.in_channels == 4 and card.preprocessing["position_channel"] is True   # 1 window x 3 + height
+    segmenter = LobeSegmenter(tmp_path / "run" / "best.safetensors", batch_size=4)
+    volume = load_volume(manifest.parent / "case_000" / "ct")
+    full = segmenter(volume).labels.array
+    assert np.array_equal(full > 0, lung_mask(volume) > 0)
+    # the lower half only (lung cut at the top slice): the height is unknown, the lung still fully divided
+    axis = int(np.argmax(np.abs(volume.affine[2, :3])))
+    keep = volume.shape[axis] // 2
+    first = 0 if volume.affine[2, axis] > 0 else volume.shape[axis] - keep     # the inferior half's first index
+    index = [slice(None)] * 3
+    index[axis] = slice(first, first + keep)
+    affine = volume.affine.copy()
+    affine[:3, 3] += affine[:3, axis] * first
+    part = Volume(np.ascontiguousarray(volume.array[tuple(index)]), affine, source="lower half")
+    labels = segmenter(part).labels.array
+    assert labels.shape == part.shape and np.array_equal(labels > 0, lung_mask(part) > 0)
 
 
 def test_segment_without_model_explains_what_to_do(tmp_path: Path) -> None:

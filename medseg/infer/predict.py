@@ -11,6 +11,7 @@ from torch import nn
 
 from medseg.errors import InputError
 from medseg.transforms.intensity import HU_RANGE, window_stacks
+from medseg.transforms.position import append_position
 from medseg.transforms.stack import SliceStack
 
 __all__ = ["FlipTTA", "dice_per_class", "predict_volume"]
@@ -50,13 +51,14 @@ class FlipTTA:
 @torch.inference_mode()
 def predict_volume(model: nn.Module, image: torch.Tensor, windows: Sequence[tuple[float, float]], stack: int,
                    *, batch_size: int = 16, device: str | torch.device = "cpu", tta: FlipTTA | None = None,
-                   progress=None) -> torch.Tensor:
+                   progress=None, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax probabilities (C, Z, X, Y) float32 for a slice-major (Z, X, Y) HU volume on the model grid.
 
     Slice z is predicted from `window_stacks` of its 2.5D stack (`SliceStack`: the `stack` slices around it,
     edges clamped), the model input training builds too. In-plane the volume is padded with air (the lowest
     HU, as training pads its patches) up to a multiple of 32, and the output cropped back. `progress(done,
-    total)` is called after each batch.
+    total)` is called after each batch. `positions` (Z,): the slices' heights for a model with a position
+    channel (`medseg.transforms.position`), appended after the windows.
     """
     model.eval()
     device = torch.device(device)
@@ -70,7 +72,10 @@ def predict_volume(model: nn.Module, image: torch.Tensor, windows: Sequence[tupl
     use_autocast = device.type == "cuda"
     for start in range(0, depth, batch_size):
         stop = min(depth, start + batch_size)
-        batch = window_stacks(stacks[start:stop], windows).to(device)                     # (B, n*k, X, Y)
+        batch = window_stacks(stacks[start:stop], windows)                                # (B, n*k, X, Y)
+        if positions is not None:
+            batch = append_position(batch, positions[start:stop])
+        batch = batch.to(device)
         with torch.autocast(device.type, enabled=use_autocast):
             probs = torch.softmax(model(batch).float(), dim=1)
             if tta is not None:

@@ -103,6 +103,7 @@ class LobeSegmenter:
         from medseg.infer.predict import predict_volume
         from medseg.transforms.chains import ct_sample
         from medseg.transforms.geometry import model_grid_slices
+        from medseg.transforms.position import covers_lung_height, slice_positions
 
         watch = _Stopwatch()
         lungs = lung_mask(volume)
@@ -113,8 +114,12 @@ class LobeSegmenter:
         data = self.chain(ct_sample(volume, mask=lungs))
         grid = ModelGrid.of(data["image"])
         watch.lap("resample")
-        probs = predict_volume(self.model, model_grid_slices(data["image"]), self.windows, self.stack,
-                               batch_size=self.batch_size, device=self.device, tta=self.tta, progress=progress)
+        slices = model_grid_slices(data["image"])
+        positions = None
+        if self.preprocessing.position_channel:
+            positions = slice_positions(slices.shape[0], known=covers_lung_height(lungs, volume.affine))
+        probs = predict_volume(self.model, slices, self.windows, self.stack, batch_size=self.batch_size,
+                               device=self.device, tta=self.tta, progress=progress, positions=positions)
         watch.lap("model")
         output = np.zeros(volume.shape, dtype=np.uint8)
         region = grid.source_region(output)                 # the chain's box of `output`, RAS order (a view)
@@ -127,21 +132,19 @@ class LobeSegmenter:
 
     def _labels_on_source(self, grid: ModelGrid, probs: torch.Tensor, sides: np.ndarray,
                           region: np.ndarray) -> None:
-        """Lung = classical mask (unless the model is sure it is not lung) or the model's own lung; each
-        lung voxel gets the most likely lobe of its side. `sides` and `region` are the chain's box in RAS order."""
+        """Lung = the classical lung mask, exactly: the model only divides it into lobes, each lung voxel taking
+        the most likely lobe of its own side. A phantom-trained model is not trusted to add or remove lung on
+        real anatomy it has never seen (it called stomach gas and air outside the body lung on real CT).
+        `sides` and `region` are the chain's box in RAS order."""
         right = torch.tensor(self.right)
         left = torch.tensor(self.left)
         for k0, values in grid.back_slabs(probs):
             k1 = k0 + values.shape[1]
             side = torch.from_numpy(np.ascontiguousarray(np.moveaxis(sides[:, :, k0:k1], 2, 0)))
-            background = values[0]
-            lung = ((side > 0) & (background < 0.9)) | (background < 0.5)
-            best_right, index_right = values[right].max(0)
-            best_left, index_left = values[left].max(0)
-            on_right, on_left = right[index_right], left[index_left]
-            free = torch.where(best_right >= best_left, on_right, on_left)
-            label = torch.where(side == RIGHT_LUNG, on_right, torch.where(side == LEFT_LUNG, on_left, free))
-            label = torch.where(lung, label, 0).to(torch.uint8)
+            on_right = right[values[right].argmax(0)]
+            on_left = left[values[left].argmax(0)]
+            label = torch.where(side == RIGHT_LUNG, on_right, torch.where(side == LEFT_LUNG, on_left, 0))
+            label = label.to(torch.uint8)
             region[:, :, k0:k1] = np.moveaxis(label.numpy(), 0, 2)
 
 

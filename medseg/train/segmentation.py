@@ -15,6 +15,7 @@ from medseg.train.config import TrainConfig
 from medseg.train.run import loop_settings, prepare_run
 from medseg.train.segmentation_data import CachedCase, SliceSampler, cache_case
 from medseg.train.trainer import Trainer, TrainSummary
+from medseg.transforms.position import append_position, slice_positions
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,14 @@ class _Batches:
     def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from medseg.transforms.intensity import window_stacks
 
-        sampler = SliceSampler(self.cases, self.preprocessing.stack, self.patch, seed=self.seed * 1000 + epoch)
+        sampler = SliceSampler(self.cases, self.preprocessing.stack, self.patch, seed=self.seed * 1000 + epoch,
+                               augmentation=self.preprocessing.augmentation)
         self.augment.set_random_state(seed=self.seed * 1000 + epoch)
+        position_rng = np.random.default_rng([self.seed, epoch, 11])
+        dropout = self.preprocessing.augmentation.position_dropout
         while True:
-            stacks, labels = zip(*(sampler.sample() for _ in range(self.batch_size)), strict=True)
+            drawn = [sampler.draw() for _ in range(self.batch_size)]
+            stacks, labels = zip(*(sampler.take(n, index) for n, index in drawn), strict=True)
             images = window_stacks(torch.from_numpy(np.stack(stacks)), self.windows)
             label_tensor = torch.from_numpy(np.stack(labels)[:, None].astype(np.int64))
             out_images, out_labels = [], []
@@ -82,7 +87,12 @@ class _Batches:
                 sample = self.augment({"image": image, "label": label})
                 out_images.append(_plain(sample["image"]).float())
                 out_labels.append(_plain(sample["label"]).round().long())
-            yield torch.stack(out_images), torch.stack(out_labels)
+            batch = torch.stack(out_images)
+            if self.preprocessing.position_channel:   # after the intensity augmentation, which must not touch it
+                heights = [slice_positions(self.cases[n].image.shape[0], known=position_rng.random() >= dropout)[i]
+                           for n, i in drawn]
+                batch = append_position(batch, torch.stack(heights))
+            yield batch, torch.stack(out_labels)
 
 
 def _plain(value) -> torch.Tensor:
@@ -101,8 +111,9 @@ def _validator(cases: list[CachedCase], preprocessing, labels: dict[int, str], d
     def validate(model: nn.Module) -> dict[str, float]:
         per_class: dict[int, list[float]] = {value: [] for value in foreground}
         for case in cases:
+            positions = slice_positions(case.image.shape[0]) if preprocessing.position_channel else None
             probs = predict_volume(model, torch.from_numpy(case.image), windows, preprocessing.stack,
-                                   batch_size=batch_size, device=device)
+                                   batch_size=batch_size, device=device, positions=positions)
             scores = dice_per_class(probs.argmax(0), case.label, foreground)
             for value, score in scores.items():
                 if not np.isnan(score):

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import ConfigError, InputError
-from medseg.transforms.config import PreprocessingConfig
-from medseg.transforms.stack import SliceStack
+from medseg.transforms.config import AugmentationConfig, PreprocessingConfig
+from medseg.transforms.scanner import ScannerAugment
+from medseg.transforms.stack import SliceStack, slice_stack
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,15 @@ def _prepare(case_id: str, image_path: Path, label_path: Path, preprocessing: Pr
 class SliceSampler:
     """Endless stream of (stack, label) training samples of a fixed size, favouring lung slices."""
 
-    def __init__(self, cases: Sequence[CachedCase], stack: int, patch: Sequence[int], seed: int) -> None:
+    def __init__(self, cases: Sequence[CachedCase], stack: int, patch: Sequence[int], seed: int,
+                 augmentation: AugmentationConfig | None = None) -> None:
         if not cases:
             raise ConfigError("no training cases")
         self.cases = list(cases)
         self._stack = SliceStack(stack)
+        self._k = int(stack)
+        scanner = ScannerAugment(augmentation, np.random.default_rng([seed, 7])) if augmentation else None
+        self._scanner = scanner if scanner is not None and scanner.enabled else None
         self.patch = tuple(int(p) for p in patch)
         self.rng = np.random.default_rng(seed)
         self._weights = [c.slice_weights / c.slice_weights.sum() for c in self.cases]
@@ -116,10 +121,15 @@ class SliceSampler:
         return n, int(self.rng.choice(self.cases[n].image.shape[0], p=self._weights[n]))
 
     def take(self, case_index: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The (k, H, W) int16 HU 2.5D stack of one slice (`SliceStack`, as inference) and its (H, W) labels,
-        fitted to the patch size."""
+        """The (k, H, W) HU 2.5D stack of one slice (`SliceStack`, as inference; int16, or float32 after the
+        scanner-domain augmentation when configured) and its (H, W) labels, fitted to the patch size."""
         case = self.cases[case_index]
-        stack = self._stack(np.moveaxis(case.image, 0, -1), index=index)   # (k, X, Y)
+        volume = np.moveaxis(case.image, 0, -1)
+        if self._scanner is None:
+            stack = self._stack(volume, index=index)   # (k, X, Y)
+        else:   # scanner effects in HU, from a stack widened for the slice-thickness simulation
+            wide = slice_stack(volume, index, self._k + 2 * self._scanner.z_margin)
+            stack = self._scanner(wide, self._k)
         return fit_to_patch(stack, case.label[index], self.patch, self.rng)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:

@@ -90,6 +90,16 @@ class AugmentationConfig(_Strict):
     one resample, several times slower). Intensity: scale by 1 + U(-intensity_scale, intensity_scale), shift by
     U(-intensity_shift, intensity_shift), gamma from `gamma`, Gaussian noise with std U(0, noise_std).
 
+    Scanner domain (CT only, in HU before windowing, `medseg.transforms.scanner.ScannerAugment`; each effect off
+    at probability 0): thicker slices (`scanner_thick_factor` times the model's slice spacing, profile-averaged
+    and interpolated back), lower in-plane resolution (`scanner_lowres_factor`), a soft (Gaussian blur, sigma
+    px) or sharp (unsharp mask, amount) reconstruction kernel, added noise up to `scanner_noise_hu` HU with
+    random texture, and HU miscalibration (scale about water-air by +-`scanner_hu_scale`, offset +-
+    `scanner_hu_offset` HU).
+
+    `position_dropout`: with `position_channel`, the share of training samples shown the "unknown" height
+    (`medseg.transforms.position`), as partial scans are at inference.
+
     Left-right flip: `flip_lr` is False (default), True (flip, labels remapped by `swap` when given), or
     "swap" (flip and remap; `swap` required). `flip_axis` is the spatial axis of the samples that runs
     left-right (0 = H for axial slices of a RAS volume, 1 = W for radiographs) and must be set to flip.
@@ -111,10 +121,24 @@ class AugmentationConfig(_Strict):
     noise_prob: Prob = 0.5
     flip_lr: bool | Literal["swap"] = False
     flip_axis: Literal[0, 1] | None = None
+    scanner_thick_prob: Prob = 0.0
+    scanner_thick_factor: PositiveRange = (1.5, 3.2)
+    scanner_lowres_prob: Prob = 0.0
+    scanner_lowres_factor: PositiveRange = (1.3, 2.5)
+    scanner_kernel_prob: Prob = 0.0
+    scanner_blur_sigma: PositiveRange = (0.4, 1.2)
+    scanner_sharpen_amount: PositiveRange = (0.3, 1.2)
+    scanner_noise_prob: Prob = 0.0
+    scanner_noise_hu: float = Field(40.0, ge=0)
+    scanner_hu_prob: Prob = 0.0
+    scanner_hu_scale: float = Field(0.04, ge=0, lt=1)
+    scanner_hu_offset: float = Field(30.0, ge=0)
+    position_dropout: Prob = 0.2
     flip_prob: Prob = 0.5
     swap: dict[int, int] | None = None
 
-    @field_validator("scale", "gamma")
+    @field_validator("scale", "gamma", "scanner_thick_factor", "scanner_lowres_factor", "scanner_blur_sigma",
+                     "scanner_sharpen_amount")
     @classmethod
     def _positive_range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         return _check_range(value, info.field_name)
@@ -162,7 +186,8 @@ class PreprocessingConfig(_Strict):
 
     CT (`modality: ct`): HU `windows` (one channel each), `stack` slices per 2.5D input (odd), target
     `spacing` in mm (x, y, z after RAS orientation; None keeps the scan's spacing), `roi_margin_mm` around the
-    lung bounding box. X-ray: `image_size` (rows, columns; None keeps the size) and optional `clahe`.
+    lung bounding box, `position_channel` (one more input channel: the slice's height in the lung crop, see
+    `medseg.transforms.position`). X-ray: `image_size` (rows, columns; None keeps the size) and optional `clahe`.
     `labels` names the label map so side-specific labels are protected from a plain left-right flip:
     "lobes" (the registry's lobe map, `configs/labels/lobes.yaml`), "lung_sides" (its "lungs" map) or "side_agnostic"
     (binary masks, classification). It defaults to "lobes" for CT and "side_agnostic" for X-ray.
@@ -176,6 +201,7 @@ class PreprocessingConfig(_Strict):
     roi_margin_mm: float = Field(10.0, ge=0)
     clahe: ClaheConfig | None = None
     image_size: tuple[int, int] | None = None
+    position_channel: bool = False
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
 
     @field_validator("stack")
@@ -222,7 +248,7 @@ class PreprocessingConfig(_Strict):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} applies to X-ray only (the CT chain does not use it)")
         else:
-            for key in ("windows", "spacing"):
+            for key in ("windows", "spacing", "position_channel"):
                 if getattr(self, key):
                     raise ValueError(f"{key} applies to CT only (the X-ray chain does not use it)")
             if self.stack != 1:
@@ -231,8 +257,8 @@ class PreprocessingConfig(_Strict):
 
     @property
     def in_channels(self) -> int:
-        """Network input channels: windows x stack for CT, 1 for X-ray."""
-        return len(self.windows) * self.stack if self.modality == "ct" else 1
+        """Network input channels: windows x stack (+ 1 position channel) for CT, 1 for X-ray."""
+        return len(self.windows) * self.stack + int(self.position_channel) if self.modality == "ct" else 1
 
 
 _LOBE_FLIP_NOTE = (
