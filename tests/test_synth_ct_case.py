@@ -129,6 +129,13 @@ def test_cli_rejects_unknown_findings_and_components(tmp_path):
     assert result.exit_code == 2 and "vesels" in result.output
 
 
+def test_cli_offers_every_phantom_component():
+    from medseg.cli.synth import _COMPONENT_NAMES
+    from medseg.data.phantom.model import COMPONENTS
+
+    assert tuple(_COMPONENT_NAMES) == tuple(COMPONENTS)
+
+
 def _acquisition(seed: int, size: int, slices: int):
     model = build_chest_model(seed, components=Components(vessels=False, airways=False))
     return sample_acquisition(component_rng(seed, "acquisition"), model, size=size, slices=slices)

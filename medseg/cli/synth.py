@@ -9,7 +9,9 @@ import click
 __all__ = ["synth"]
 
 _COMPONENT_NAMES = ("bones", "vessels", "airways", "fissures", "texture", "findings", "partial_volume", "noise",
-                    "blur", "pose")
+                    "blur", "pose", "contrast", "surroundings", "artifacts")
+"""`medseg.data.phantom.model.COMPONENTS`, spelled out so the CLI starts without importing the generator (a test
+keeps the two equal)."""
 
 
 @click.group()
