@@ -11,8 +11,9 @@ Figures (one table, also written as JSON and markdown under --out, with a montag
 - lung mask: right / left mL, right share (expected 35-65 %), lung outside the body (mL), sides correct
   (right-lung centroid to the patient's right of the left one);
 - lobes: per-lobe shares against the published mean +/- 3 SD (configs/qc/lobes.yaml), anatomical order
-  (left lobes left of right lobes, upper lobes above their lower lobe, RML anterior to the RLL), the largest
-  stray piece of any lobe (mL), lobe-output lungs vs the classical lung mask;
+  (left lobes left of right lobes, upper lobes above their lower lobe, RML anterior to the RLL) and the other
+  label-free QC flags, all from `medseg.export.statistics` (what every output gets), lobe-output lungs vs the
+  classical lung mask;
 - kernel consistency: per-lobe Dice between the two reconstructions of one acquisition (L vs B, B70f vs B40f);
 - abdomen_lung_bases vs TotalSegmentator: lungs Dice of the lung mask and of the lobe output, per-lobe Dice
   where TotalSegmentator has the lobe;
@@ -86,49 +87,22 @@ def lung_figures(volume: Any, lungs: np.ndarray) -> dict[str, Any]:
             "outside_body_ml": np.count_nonzero((lungs > 0) & ~body) * voxel_ml}
 
 
-def order_problems(labels: np.ndarray, affine: np.ndarray, names: dict[int, str]) -> list[str]:
-    """Anatomical order violations of the lobe centroids (RAS: +x right, +y anterior, +z superior)."""
-    value = {short: v for v, short in names.items()}
-    c = centroids_ras(labels, affine, sorted(names))
-    problems = []
-    right = [value[n] for n in ("RUL", "RML", "RLL") if value.get(n) in c]
-    left = [value[n] for n in ("LUL", "LLL") if value.get(n) in c]
-    if right and left and min(c[v][0] for v in right) <= max(c[v][0] for v in left):
-        problems.append("a left lobe lies right of a right lobe")
-    for upper, lower in (("RUL", "RLL"), ("LUL", "LLL"), ("RUL", "RML")):
-        if value[upper] in c and value[lower] in c and c[value[upper]][2] <= c[value[lower]][2]:
-            problems.append(f"{upper} not above {lower}")
-    if value["RML"] in c and value["RLL"] in c and c[value["RML"]][1] <= c[value["RLL"]][1]:
-        problems.append("RML not anterior to RLL")
-    return problems
+def lobe_figures(volume: Any, lobes: np.ndarray, lungs: np.ndarray, label_map: Any) -> dict[str, Any]:
+    """Shares and the label-free QC of `medseg.export.statistics` (the checks every output gets)."""
+    from medseg.export.statistics import lobe_statistics
 
-
-def largest_stray_ml(labels: np.ndarray, values: list[int], voxel_ml: float) -> float:
-    """Largest piece of any lobe apart from its main component (26-connectivity), in mL."""
-    worst = 0
-    for value, box in zip(values, ndimage.find_objects((labels * np.isin(labels, values)).astype(np.int32)),
-                          strict=False):
-        if box is None:
-            continue
-        parts, count = ndimage.label(labels[box] == value, structure=np.ones((3, 3, 3)))
-        if count > 1:
-            sizes = np.sort(np.bincount(parts.ravel())[1:])
-            worst = max(worst, int(sizes[-2]))
-    return worst * voxel_ml
-
-
-def lobe_figures(volume: Any, lobes: np.ndarray, lungs: np.ndarray, names: dict[int, str],
-                 ranges: Any) -> dict[str, Any]:
-    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    stats = lobe_statistics(volume, lobes, label_map)
+    names = label_map.short_names()
     counts = {names[v]: int(np.count_nonzero(lobes == v)) for v in names}
     total = max(sum(counts.values()), 1)
-    shares = {n: 100.0 * c / total for n, c in counts.items()}
-    outside = [f"{n} {s:.1f}%" for n, s in shares.items()
-               if n in ranges.share_percent and not ranges.share_percent[n][0] <= s <= ranges.share_percent[n][1]]
-    return {"ml": {n: c * voxel_ml for n, c in counts.items()}, "share_percent": shares,
-            "all_five": all(c > 0 for c in counts.values()), "shares_outside_range": outside,
-            "order_problems": order_problems(lobes, volume.affine, names),
-            "largest_stray_ml": largest_stray_ml(lobes, sorted(names), voxel_ml),
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    flags = [flag for flag in stats.flags if flag.code != "touches_fov_edge"]
+    return {"ml": {n: c * voxel_ml for n, c in counts.items()},
+            "share_percent": {n: 100.0 * c / total for n, c in counts.items()},
+            "all_five": all(c > 0 for c in counts.values()),
+            "shares_outside_range": [f.label for f in flags if f.code == "volume_out_of_range" and f.label],
+            "order_problems": [f.message for f in flags if f.code == "lobes_out_of_order"],
+            "qc_flags": sorted({f.code for f in flags}),
             "lungs_dice_vs_lung_mask": dice(lobes > 0, lungs > 0)}
 
 
@@ -155,7 +129,6 @@ def montage(volume: Any, labels: np.ndarray, label_map: Any, path: Path, title: 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from medseg.export.statistics import load_qc_ranges
     from medseg.infer.lungmask import lung_mask
     from medseg.io import load_volume
 
@@ -163,7 +136,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not cases:
         raise SystemExit(f"no real CT found under {args.shared} (see its README)")
     args.out.mkdir(parents=True, exist_ok=True)
-    ranges = load_qc_ranges(Path(__file__).resolve().parents[1] / "configs" / "qc" / "lobes.yaml")
     segmenters = {}
     if args.model:
         from medseg.infer.segment import LobeSegmenter
@@ -186,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lobes = np.asarray(result.labels.array)
             outputs[(case.name, tta)] = lobes
             names = segmenter.label_map.short_names()
-            row[key] = lobe_figures(volume, lobes, lungs, names, ranges)
+            row[key] = lobe_figures(volume, lobes, lungs, segmenter.label_map)
             row[key]["seconds"] = time.perf_counter() - started
             if case.reference:
                 row[key]["reference"] = reference_figures(case, lungs, lobes, names)
@@ -223,7 +195,7 @@ def _rounded(value: Any) -> Any:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["| case | R mL | L mL | R share | sides | outside body mL | lobes: shares (%) | order | stray mL "
+    lines = ["| case | R mL | L mL | R share | sides | outside body mL | lobes: shares (%) | order | QC flags "
              "| lobes vs mask Dice |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in results["cases"].items():
         lung = row["lungs"]
@@ -237,7 +209,7 @@ def markdown(results: dict[str, Any]) -> str:
                 if lobes["shares_outside_range"]:
                     shares += " (out: " + ", ".join(lobes["shares_outside_range"]) + ")"
                 order = "ok" if not lobes["order_problems"] else "; ".join(lobes["order_problems"])
-                stray, agree = f"{lobes['largest_stray_ml']:.1f}", f"{lobes['lungs_dice_vs_lung_mask']:.3f}"
+                stray, agree = ", ".join(lobes["qc_flags"]) or "-", f"{lobes['lungs_dice_vs_lung_mask']:.3f}"
             label = name + (" (TTA)" if key == "lobes_tta" else "")
             lines.append(f"| {label} | {lung['right_ml']:.0f} | {lung['left_ml']:.0f} | {lung['right_share']:.2f} | "
                          f"{'ok' if lung['sides_ok'] else 'WRONG'} | {lung['outside_body_ml']:.1f} | {shares} | "
