@@ -91,7 +91,32 @@ def test_converted_real_series_equals_classic_series(converted, which: str, synt
     assert ours.array.dtype == classic.array.dtype and np.array_equal(ours.array, classic.array)
     assert np.allclose(ours.affine, classic.affine, atol=1e-4)
     assert ours.tags["Modality"] == "CT" and ours.tags["SliceThickness"] == classic.tags["SliceThickness"]
-    assert ours.source == str(enhanced) and ours.notes == [] and ours.slice_files == []
+    assert ours.source == str(enhanced) and ours.notes == []
+    depth = ours.shape[2]
+    assert ours.slice_files == [str(enhanced)] * depth and sorted(ours.slice_frames) == list(range(depth))
+
+
+def test_dicom_seg_of_an_enhanced_series_references_its_frames(converted, tmp_path: Path) -> None:
+    # The same lung mask as SEG of the classic series and of its Legacy Converted Enhanced copy: each SEG frame
+    # references the source frame at its place, and both read back to the same labels.
+    from medseg.export.dicom_seg import read_dicom_seg_labels, write_dicom_seg
+    from medseg.infer.lungmask import lung_mask
+
+    folder, enhanced = converted("0", None)
+    classic, ours = load_volume(folder), load_volume(enhanced)
+    lungs = lung_mask(classic)
+    classic_seg = write_dicom_seg(lungs, classic, tmp_path / "classic.dcm", label_map="lungs")
+    enhanced_seg = write_dicom_seg(lungs, ours, tmp_path / "enhanced_seg.dcm", label_map="lungs")
+    assert enhanced_seg.frames == classic_seg.frames and enhanced_seg.source_images == 1
+    assert np.array_equal(read_dicom_seg_labels(tmp_path / "enhanced_seg.dcm", ours), lungs)
+    seg = pydicom.dcmread(tmp_path / "enhanced_seg.dcm")
+    source = pydicom.dcmread(enhanced, stop_before_pixels=True)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        reference = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        frame = source.PerFrameFunctionalGroupsSequence[int(reference.ReferencedFrameNumber) - 1]
+        assert np.allclose(item.PlanePositionSequence[0].ImagePositionPatient,
+                           frame.PlanePositionSequence[0].ImagePositionPatient, atol=1e-4)
 
 
 def test_folder_with_one_enhanced_file_loads_and_info_describes_it(converted) -> None:
@@ -243,6 +268,22 @@ def test_enhanced_ct_compressed_frames_decode_identically(tmp_path: Path) -> Non
     volume = load_volume(tmp_path / "compressed.dcm")
     assert np.array_equal(volume.array, hu)
     assert np.allclose(volume.affine, expected, atol=1e-4)
+
+
+def test_dicom_seg_of_shuffled_oblique_frames_round_trips(tmp_path: Path) -> None:
+    from medseg.export.dicom_seg import read_dicom_seg_labels, write_dicom_seg
+
+    _write_enhanced(tmp_path / "enhanced.dcm")
+    volume = load_volume(tmp_path / "enhanced.dcm")
+    labels = np.random.default_rng(1).integers(0, 3, volume.shape).astype(np.uint8)
+    labels[:, :, 2] = 0                                   # an empty slice: its frame is left out of the SEG
+    result = write_dicom_seg(labels, volume, tmp_path / "seg.dcm", label_map="lungs")
+    assert result.frames == 2 * (SHAPE[2] - 1)
+    assert np.array_equal(read_dicom_seg_labels(tmp_path / "seg.dcm", volume), labels)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    referenced = {int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+                  for item in seg.PerFrameFunctionalGroupsSequence}
+    assert referenced == {f + 1 for f in range(SHAPE[2]) if SHUFFLED[f] != 2}   # frame f holds slice SHUFFLED[f]
 
 
 def test_largest_stack_is_read_with_a_note(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 A SEG frame must lie exactly on a source image, so the label array (medseg's (i, j, k) RAS grid, the
 same array written to NIfTI) is mapped to each source file's (row, column) pixel grid from geometry:
 ImagePositionPatient / ImageOrientationPatient / PixelSpacing against `volume.affine`, never by
-assuming an axis order. Volumes that were resampled while loading (gantry tilt, uneven spacing) have
+assuming an axis order. A multi-frame (enhanced) source is referenced frame by frame, each frame placed
+by its functional groups. Volumes that were resampled while loading (gantry tilt, uneven spacing) have
 no acquired slices to reference and are refused.
 
 Segments are coded from the label registry (`medseg.labels`, `configs/labels/*.yaml`): category CID 7150,
@@ -29,6 +30,7 @@ from pydicom.sr.coding import Code
 import medseg
 from medseg.errors import ConfigError, DicomError, GeometryError, InputError
 from medseg.io.atomic import atomic_path
+from medseg.io.dicom_multiframe import frame_geometry
 from medseg.io.volume import Volume, lps_to_ras
 from medseg.labels import Coded, LabelMap, label_map_names
 from medseg.labels import label_map as registered_map
@@ -220,9 +222,11 @@ _TYPE2_EMPTY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "A
 
 
 def _read_sources(volume: Volume) -> list[Dataset]:
-    """Headers of the volume's slice files, checked to be one referenceable series."""
+    """Headers of the volume's source files (one per slice, or the one multi-frame file), checked to be one
+    referenceable series."""
+    paths = list(dict.fromkeys(volume.slice_files))
     datasets = []
-    for path in volume.slice_files:
+    for path in paths:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except FileNotFoundError as exc:
@@ -240,18 +244,31 @@ def _read_sources(volume: Volume) -> list[Dataset]:
             ds.Modality = volume.modality or "OT"
         datasets.append(ds)
     first = datasets[0]
-    for ds, path in zip(datasets, volume.slice_files, strict=True):
+    for ds, path in zip(datasets, paths, strict=True):
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
             if ds.get(keyword) != first.get(keyword):
-                raise InputError(f"{keyword} differs from {os.path.basename(volume.slice_files[0])}: not one series",
-                                 path)
+                raise InputError(f"{keyword} differs from {os.path.basename(paths[0])}: not one series", path)
     expected = volume.tags.get("SeriesInstanceUID")
     if expected and expected != first.SeriesInstanceUID:
         raise InputError(f"slice files belong to series {first.SeriesInstanceUID}, not the volume's {expected}",
-                         volume.slice_files[0])
+                         paths[0])
     if len({ds.SOPInstanceUID for ds in datasets}) != len(datasets):
         raise InputError("several slice files share one SOPInstanceUID", volume.source)
     return datasets
+
+
+def _source_planes(volume: Volume, datasets: list[Dataset], affine_lps: np.ndarray) -> dict[tuple[str, int], _Plane]:
+    """(SOPInstanceUID, 1-based frame number or 0 for a single-frame file) -> its plane on the label grid,
+    in slice order k = 0, 1, ..."""
+    if volume.slice_frames:
+        source = datasets[0]
+        geometry = frame_geometry(source)
+        where = volume.slice_files[0]
+        return {(str(source.SOPInstanceUID), frame + 1): _source_plane(geometry[frame], affine_lps, volume.shape,
+                                                                       f"{where} frame {frame + 1}")
+                for frame in volume.slice_frames}
+    return {(str(ds.SOPInstanceUID), 0): _source_plane(ds, affine_lps, volume.shape, file)
+            for ds, file in zip(datasets, volume.slice_files, strict=True)}
 
 
 def _require_acquired_slices(volume: Volume, path: Path) -> None:
@@ -320,12 +337,17 @@ def write_dicom_seg(
 
     datasets = _read_sources(volume)
     affine_lps = lps_to_ras(volume.affine)
-    planes = [_source_plane(ds, affine_lps, volume.shape, file) for ds, file in zip(datasets, volume.slice_files,
-                                                                                    strict=True)]
+    sources = _source_planes(volume, datasets, affine_lps)
+    planes = list(sources.values())
     _check_planes(planes, labels, volume)
     to_segment = np.zeros(256, dtype=np.uint8)
     to_segment[kept] = np.arange(1, len(kept) + 1)
-    frames = np.stack([to_segment[plane.region(labels)] for plane in planes])
+    if volume.slice_frames:  # one SEG frame per source frame, in the source's frame order (others stay empty)
+        frames = np.zeros((int(datasets[0].NumberOfFrames), planes[0].rows, planes[0].cols), dtype=np.uint8)
+        for (_, number), plane in sources.items():
+            frames[number - 1] = to_segment[plane.region(labels)]
+    else:
+        frames = np.stack([to_segment[plane.region(labels)] for plane in planes])
 
     algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, family=codes.cid7162.ArtificialIntelligence,
                                                    version=algorithm_version)
@@ -342,7 +364,7 @@ def write_dicom_seg(
         )
     except ValueError as exc:
         raise InputError(f"highdicom refused the segmentation: {exc}", volume.source or path) from exc
-    _verify_frames(seg, datasets, volume.slice_files)
+    _verify_frames(seg, sources, datasets[0].SeriesInstanceUID, affine_lps, volume.shape, volume.slice_files[0])
     with atomic_path(path) as temporary:
         seg.save_as(temporary)
     return DicomSegResult(
@@ -390,27 +412,37 @@ def _check_planes(planes: list[_Plane], labels: np.ndarray, volume: Volume) -> N
                             "only describe voxels of its source images", volume.source)
 
 
-def _verify_frames(seg: Dataset, datasets: list[Dataset], files: list[str]) -> None:
-    """Every frame references a source image and sits at its position, orientation and pixel spacing."""
-    by_uid = {ds.SOPInstanceUID: (ds, file) for ds, file in zip(datasets, files, strict=True)}
+def _verify_frames(seg: Dataset, sources: dict[tuple[str, int], _Plane], series_uid: str, affine_lps: np.ndarray,
+                   shape: tuple[int, ...], where: str) -> None:
+    """Every frame references a source image (and frame) and lies on that image's plane of the label grid."""
     shared = seg.SharedFunctionalGroupsSequence[0]
-    orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
-    spacing = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, dtype=float)
     series = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
-    if series != {datasets[0].SeriesInstanceUID}:
-        raise GeometryError(f"SEG references series {sorted(series)}, not {datasets[0].SeriesInstanceUID}", files[0])
+    if series != {series_uid}:
+        raise GeometryError(f"SEG references series {sorted(series)}, not {series_uid}", where)
     for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
-        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        if uid not in by_uid:
-            raise GeometryError(f"SEG frame {number} references an image outside the series ({uid})", files[0])
-        ds, file = by_uid[uid]
-        position = np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
-        error = float(np.abs(position - np.array(ds.ImagePositionPatient, dtype=float)).max())
-        if (error > POSITION_TOLERANCE_MM
-                or not np.allclose(orientation, np.array(ds.ImageOrientationPatient, dtype=float), atol=1e-6)
-                or not np.allclose(spacing, np.array(ds.PixelSpacing, dtype=float), rtol=1e-6)):
-            raise GeometryError(f"SEG frame {number} does not lie on its source image (position off by "
-                                f"{error:.3g} mm, or orientation/spacing differ)", file)
+        key = _referenced_image(item)
+        if key not in sources:
+            raise GeometryError(f"SEG frame {number} references an image outside the series ({key[0]}"
+                                f"{f' frame {key[1]}' if key[1] else ''})", where)
+        orientation = (item.get("PlaneOrientationSequence") or shared.PlaneOrientationSequence)[0]
+        measures = (item.get("PixelMeasuresSequence") or shared.PixelMeasuresSequence)[0]
+        try:
+            plane = _image_plane(item.PlanePositionSequence[0].ImagePositionPatient,
+                                 orientation.ImageOrientationPatient, measures.PixelSpacing, int(seg.Rows),
+                                 int(seg.Columns), affine_lps, shape, where)
+        except GeometryError as exc:
+            raise GeometryError(f"SEG frame {number} does not lie on the label grid ({exc.message})", where) from exc
+        if plane != sources[key]:
+            raise GeometryError(f"SEG frame {number} does not lie on its source image", where)
+
+
+def _referenced_image(item: Dataset) -> tuple[str, int]:
+    """(ReferencedSOPInstanceUID, ReferencedFrameNumber or 0) of a SEG frame's source image."""
+    source = item.DerivationImageSequence[0].SourceImageSequence[0]
+    frame = source.get("ReferencedFrameNumber")
+    if isinstance(frame, (list, tuple, pydicom.multival.MultiValue)):
+        frame = frame[0] if len(frame) == 1 else None
+    return str(source.ReferencedSOPInstanceUID), int(frame) if frame not in (None, "") else 0
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -462,13 +494,7 @@ def read_dicom_seg_labels(seg_path: str | os.PathLike[str], volume: Volume, *,
     values = _segment_values(seg, label_map, path)
     affine_lps = lps_to_ras(volume.affine)
     shared = seg.SharedFunctionalGroupsSequence[0]
-    source_planes = {}
-    for file in volume.slice_files:
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=True)
-        except Exception as exc:
-            raise DicomError(f"cannot re-read the source DICOM slice ({exc})", file) from exc
-        source_planes[str(ds.SOPInstanceUID)] = _source_plane(ds, affine_lps, volume.shape, file)
+    source_planes = _source_planes(volume, _read_sources(volume), affine_lps) if volume.slice_files else {}
 
     labels = np.zeros(volume.shape, dtype=np.uint8)
     for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
@@ -478,10 +504,11 @@ def read_dicom_seg_labels(seg_path: str | os.PathLike[str], volume: Volume, *,
                              orientation.ImageOrientationPatient, measures.PixelSpacing, int(seg.Rows),
                              int(seg.Columns), affine_lps, volume.shape, f"{path} frame {number}")
         if source_planes:
-            uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-            if source_planes.get(uid) != plane:
-                where = "is not in this series" if uid not in source_planes else "lies elsewhere"
-                raise GeometryError(f"frame {number} references image {uid}, which {where}", path)
+            key = _referenced_image(item)
+            if source_planes.get(key) != plane:
+                where = "is not in this series" if key not in source_planes else "lies elsewhere"
+                image = f"{key[0]}{f' frame {key[1]}' if key[1] else ''}"
+                raise GeometryError(f"frame {number} references image {image}, which {where}", path)
         identification = item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
         segment = int(identification[0].ReferencedSegmentNumber)  # shared when there is a single segment
         plane.region(labels)[seg.get_stored_frame(number) > 0] = values[segment]

@@ -27,7 +27,7 @@ from medseg.io.dicom_discovery import Series, SliceHeader, is_enhanced
 from medseg.io.dicom_pixels import read_stored_frames, read_stored_pixels
 from medseg.io.volume import check_voxel_budget
 
-__all__ = ["ENHANCED_CT", "LEGACY_ENHANCED_CT", "expand_frames", "frame_pixels"]
+__all__ = ["ENHANCED_CT", "LEGACY_ENHANCED_CT", "expand_frames", "frame_geometry", "frame_pixels"]
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 LEGACY_ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.2"
@@ -228,6 +228,23 @@ def expand_frames(series: Series, max_voxels: int) -> Series:
         headers.append(frame)
     _check_frames_agree(path, headers)
     return Series(series.key, headers, notes=notes)
+
+
+def frame_geometry(ds: Dataset) -> list[Dataset]:
+    """Per frame of a multi-frame file: Rows, Columns and the frame's ImagePositionPatient,
+    ImageOrientationPatient and PixelSpacing from its functional groups (absent where the groups lack them)."""
+    shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+    frames = []
+    for own in ds.get("PerFrameFunctionalGroupsSequence") or ():
+        groups = _frame_groups(shared, own)
+        frame = Dataset()
+        frame.Rows, frame.Columns = ds.Rows, ds.Columns
+        for name, keyword in _REQUIRED_GROUPS.items():
+            item = groups.get(name)
+            if item is not None and keyword in item:
+                setattr(frame, keyword, item[keyword].value)
+        frames.append(frame)
+    return frames
 
 
 def _check_frames_agree(path: str, frames: list[SliceHeader]) -> None:

@@ -233,7 +233,7 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
 
     tags = {key: plain_tag_value(first.get(key)) for key in _KEPT_TAGS}
     tags["TransferSyntaxUID"] = str(getattr(first.dataset.file_meta, "TransferSyntaxUID", "")) or None
-    exact_slices = not (tilted or spacing_problem or multiframe)  # frames are not files of their own
+    exact_slices = not (tilted or spacing_problem)
     return Volume(
         array=array,
         affine=lps_to_ras(affine_lps),
@@ -241,5 +241,6 @@ def read_series(series: Series, options: ReadOptions | None = None) -> Volume:
         source=source,
         notes=notes,
         slice_files=[h.path for h in ordered] if exact_slices else [],
+        slice_frames=[int(h.frame or 0) for h in ordered] if exact_slices and multiframe else [],
     )
 

@@ -113,6 +113,9 @@ class Volume:
     """Warnings and corrections made while loading, in the order they happened."""
     slice_files: list[str] = field(default_factory=list)
     """DICOM files of slices k = 0, 1, ... (empty when slices were resampled or the source is not DICOM)."""
+    slice_frames: list[int] = field(default_factory=list)
+    """0-based frame of `slice_files[k]` holding slice k when the slices are frames of one multi-frame
+    (enhanced) file; empty for single-frame files."""
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
