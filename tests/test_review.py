@@ -380,3 +380,11 @@ def test_qc_flags_and_reasons_on_the_review_pages(tmp_path: Path) -> None:
     assert "lung_islands" in INFO_FLAGS
     assert flag_colour("lung_islands") == "muted" and flagged(["lung_islands"]) == "flagged info"
     assert flagged(["lung_islands", "lobe_fragmented"]) == "flagged"
+    assert "<div class=label>flagged</div><div class=value>1</div>" in index
+    # A case with low-severity flags only is not counted as flagged on the index page.
+    case["flags"] = ["lung_islands"]
+    (folder / "case.json").write_text(json.dumps(case))
+    write_review_package(out)
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "<div class=label>flagged</div><div class=value>0</div>" in index
+    assert "<div class=label>low-severity flags only</div><div class=value>1</div>" in index

@@ -107,7 +107,8 @@ def _index_body(record: dict[str, Any], cases: list[ReviewCase], out_dir: Path) 
     problems += [{**c, "status": "failed", "reason": "case folder or case.json missing"} for c in entries
                  if c.get("status") in ("done", "skipped") and c.get("case_id") not in listed]
     count = {s: sum(c.get("status") == s for c in entries) for s in STATUS}
-    n_flagged = sum(bool(case.data["flags"]) for case in cases)
+    n_flagged = sum(flagged(case.data["flags"]) in ("flagged", "flagged red") for case in cases)
+    n_info = sum(flagged(case.data["flags"]) == "flagged info" for case in cases)
     name = record.get("workflow", "") or out_dir.name
     version = (record.get("packages") or {}).get("medseg", "")
     when = f"{_when(record.get('started'))} → {_when(record.get('finished'))}"
@@ -117,7 +118,8 @@ def _index_body(record: dict[str, Any], cases: list[ReviewCase], out_dir: Path) 
              "<div class=cards>", _count("cases", len(entries)), _count("done", count["done"]),
              _count("done earlier", count["skipped"]) if count["skipped"] else "",
              _count("failed", count["failed"], "red"), _count("not a case", count["input_problem"], "amber"),
-             _count("flagged", n_flagged, "amber"), "</div>"]
+             _count("flagged", n_flagged, "amber"),
+             _count("low-severity flags only", n_info) if n_info else "", "</div>"]
     for sheet in (NEW_SHEET_FILE, SHEET_FILE):
         if (out_dir / sheet).is_file():
             parts.append(f"<p class=meta>Review sheet: <a href='{href(sheet)}'>{escape(sheet)}</a> (fill in "
