@@ -18,6 +18,10 @@ Every volume is measured the same way, without labels:
   frequency, the NPS-weighted mean frequency (cycles/mm) and the integral (its square root: noise SD, HU).
 - lung texture: GLCM contrast and homogeneity (16 grey levels over -1000..-500 HU, distance ~1.5 mm, four
   directions) on 24 mm lung ROIs, and the mean local SD in a 5 mm window.
+- lung shape (only where the scan holds the whole lung height): the gap between the two lungs (mm) at 50-80 %
+  of the lung height, at the middle (50 %) and the anterior (85 %) of the lungs' front-back extent - how wide
+  the mediastinum is, the cue a 2.5D lobe model reads the level from - and the height (0 base .. 1 apex)
+  below which half of the lung volume lies.
 - outside the body: dense objects (> -500 HU) not in the body below it (table) or beside it (arms, blankets),
   their HU, the reconstruction-circle padding (values outside the inscribed circle) and the sharpness of the
   skin-air edge (1000 HU over the median gradient across the body outline, mm; smaller = sharper kernel).
@@ -187,7 +191,8 @@ def measure(series: Series, rng_seed: int = 0) -> None:
     affine = volume.affine
     pixel = tuple(float(v) for v in np.linalg.norm(affine[:3, :2], axis=0))
     slice_mm = float(np.linalg.norm(affine[:3, 2]))
-    lung = lung_mask(volume) > 0
+    sides = lung_mask(volume)
+    lung = sides > 0
     body = body_mask(volume)
     smooth = _smooth(hu, pixel)
     near_lung = np.zeros_like(lung)
@@ -250,9 +255,42 @@ def measure(series: Series, rng_seed: int = 0) -> None:
             local.append(sd[inner])
     m["lung_local_sd5mm"] = float(np.median(np.concatenate(local))) if local else float("nan")
 
+    _lung_shape(sides, affine, m)
     # outside the body: table below it, other objects beside it, padding, edge undershoot
     _surroundings(hu, smooth, body, affine, m)
     series.views = _views(hu, lung, affine)
+
+
+SHAPE_HEIGHTS = (0.5, 0.6, 0.7, 0.8)
+
+
+def _lung_shape(sides: np.ndarray, affine: np.ndarray, m: dict) -> None:
+    """Mediastinal gap between the lungs by height (mm) and the half-volume height, in RAS orientation."""
+    import nibabel as nib
+
+    from medseg.infer.lungmask import LEFT_LUNG, RIGHT_LUNG
+    from medseg.transforms.position import covers_lung_height
+
+    if not covers_lung_height(sides > 0, affine):
+        return
+    image = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(sides, dtype=np.uint8), affine))
+    labels = np.asarray(image.dataobj)
+    x_mm = float(image.header.get_zooms()[0])
+    right, left = labels == RIGHT_LUNG, labels == LEFT_LUNG
+    lung = right | left
+    zs = np.flatnonzero(lung.any(axis=(0, 1)))
+    z0, z1 = zs[0], zs[-1]
+    profile = lung.sum(axis=(0, 1))[z0:z1 + 1].astype(float)
+    m["half_volume_height"] = float(np.interp(0.5, np.cumsum(profile) / profile.sum(),
+                                              np.linspace(0.0, 1.0, len(profile))))
+    for height in SHAPE_HEIGHTS:
+        z = round(z0 + height * (z1 - z0))
+        ys = np.flatnonzero(lung[:, :, z].any(axis=0))
+        for name, depth in (("mid", 0.5), ("front", 0.85)):
+            y = round(ys[0] + depth * (ys[-1] - ys[0]))
+            xr, xl = np.flatnonzero(right[:, y, z]), np.flatnonzero(left[:, y, z])
+            if xr.size and xl.size:   # RAS: x grows towards the patient's right
+                m[f"gap_{name}_{int(height * 100)}"] = float((xr.min() - xl.max()) * x_mm)
 
 
 def _surroundings(hu: np.ndarray, smooth: np.ndarray, body: np.ndarray, affine: np.ndarray, m: dict) -> None:
@@ -352,6 +390,10 @@ TABLES = [
     ("Noise power spectra (peak / mean frequency in cycles/mm, SD = sqrt of the integral, HU)", [
         (f"{r} {label}", f"nps_{r}_{key}", d) for r in ("air", "fat", "soft", "lung")
         for label, key, d in (("peak f", "peak_f", 2), ("mean f", "mean_f", 2), ("SD", "sd", 1))]),
+    ("Lung shape (mediastinal gap between the lungs, mm, at % of the lung height; middle / front of the lungs)", [
+        *[(f"gap {label} {int(h * 100)} %", f"gap_{key}_{int(h * 100)}", 0) for h in SHAPE_HEIGHTS
+          for label, key in (("mid", "mid"), ("front", "front"))],
+        ("half-volume height", "half_volume_height", 2)]),
     ("Lung texture", [
         ("GLCM contrast", "glcm_contrast", 2), ("GLCM homogeneity", "glcm_homogeneity", 3),
         ("local SD 5 mm", "lung_local_sd5mm", 0), ("lung ROIs", "nps_lung_rois", 0)]),
@@ -360,7 +402,8 @@ TABLES = [
 GAP_KEYS = ["table_slices_pct", "table_hu_p50", "pad_min", "skin_edge_mm", "lung_mean", "lung_sd", "fat_mean",
             "fat_sd", "soft_sd", "bone_p95", "air_sd", "body_contrast_150_400", "nps_air_peak_f", "nps_air_mean_f",
             "nps_fat_mean_f", "nps_soft_peak_f", "nps_soft_mean_f", "nps_soft_sd", "nps_lung_mean_f",
-            "glcm_contrast", "glcm_homogeneity", "lung_local_sd5mm"]
+            "glcm_contrast", "glcm_homogeneity", "lung_local_sd5mm", "gap_mid_60", "gap_front_60", "gap_mid_70",
+            "gap_front_70", "half_volume_height"]
 
 
 def markdown(series: list[Series], header: str) -> str:

@@ -293,7 +293,7 @@ def test_contrast_brightens_blood_but_not_the_labels():
 
 def test_some_tumours_touch_the_pleura_or_a_fissure():
     cheap = Components(pose=False, vessels=False, airways=False)
-    touching = [(seed, f) for seed in range(12) for f in build_chest_model(seed, findings=["nodule"],
+    touching = [(seed, f) for seed in range(24) for f in build_chest_model(seed, findings=["nodule"],
                                                                             components=cheap).findings
                 if f.kind == "nodule" and f.abuts]
     assert {f.abuts for _, f in touching} == {"pleura", "fissure"}

@@ -53,6 +53,7 @@ class ChestShape:
     spine_y: float                 # vertebral body centre
     vertebra_pitch: float
     aorta_radius: float
+    upper_mediastinum: float = 0.0  # great vessels and thymic fat: extra half-width above the heart (mm)
 
     @property
     def heart_half_width(self) -> float:
@@ -175,6 +176,9 @@ def sample_chest_shape(rng: np.random.Generator, *, heart_scale: float | None = 
         spine_y=-body_back + 60.0,
         vertebra_pitch=rng.uniform(24.0, 28.0) * size,
         aorta_radius=rng.uniform(12.0, 16.0),
+        # Real chests (Lung-PET-CT-Dx) leave 60-100 mm between the lungs at 60 % of the lung height and
+        # 40-70 mm at 70 %, where phantoms without this term left 20-35 mm (benchmarks/RESULTS.md).
+        upper_mediastinum=rng.uniform(20.0, 32.0) * size,
     )
 
 

@@ -73,7 +73,22 @@ def mediastinum_half_width(model: ChestModel, y: np.ndarray, z: np.ndarray) -> n
     spine = 19.0 * np.exp(-(((y - s.spine_y) / 20.0) ** 2))
     behind_spine = np.where(y < s.spine_y, 19.0 + 20.0 * np.clip((s.spine_y - y) / 30.0, 0.0, 1.0), spine)
     upper = 14.0 * np.exp(-(((y + 15.0) / 28.0) ** 2)) / (1.0 + np.exp(-(z + 40.0) / 8.0))
-    return 8.0 + behind_spine + upper
+    return 8.0 + behind_spine + np.maximum(upper, _great_vessels(model, y, z))
+
+
+def _great_vessels(model: ChestModel, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Half-width of the upper mediastinum (ascending aorta, arch, SVC, brachiocephalic vessels, thymic fat):
+    from the top of the heart up, widest just above it, narrowing towards the thoracic inlet."""
+    s = model.shape
+    if s.upper_mediastinum <= 0:
+        return np.zeros(np.broadcast(y, z).shape, dtype=np.float32)
+    heart_top = s.heart_centre[2] + 35.0
+    rise = 1.0 / (1.0 + np.exp(-(z - heart_top) / 10.0))
+    inlet = 0.3 + 0.7 / (1.0 + np.exp((z - 20.0) / 15.0))
+    across = np.exp(-((np.abs(y - 5.0) / 65.0) ** 4))
+    front = 80.0 - 1.2 * np.clip(z + 10.0, 0.0, 60.0)      # higher up the lungs meet behind the sternum
+    anterior = 1.0 / (1.0 + np.exp((y - front) / 12.0))
+    return s.upper_mediastinum * rise * inlet * across * anterior
 
 
 def _heart_radius(model: ChestModel, x: np.ndarray, y: np.ndarray, z: np.ndarray, grow: float = 0.0
