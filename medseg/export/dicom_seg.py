@@ -257,18 +257,21 @@ def _read_sources(volume: Volume) -> list[Dataset]:
     return datasets
 
 
-def _source_planes(volume: Volume, datasets: list[Dataset], affine_lps: np.ndarray) -> dict[tuple[str, int], _Plane]:
-    """(SOPInstanceUID, 1-based frame number or 0 for a single-frame file) -> its plane on the label grid,
-    in slice order k = 0, 1, ..."""
+def _source_images(volume: Volume, datasets: list[Dataset]) -> dict[tuple[str, int], tuple[Dataset, str]]:
+    """(SOPInstanceUID, 1-based frame number or 0 for a single-frame file) -> (dataset holding that image's
+    ImagePositionPatient / ImageOrientationPatient / PixelSpacing, how messages name it), slice order k = 0, 1, ..."""
     if volume.slice_frames:
         source = datasets[0]
         geometry = frame_geometry(source)
-        where = volume.slice_files[0]
-        return {(str(source.SOPInstanceUID), frame + 1): _source_plane(geometry[frame], affine_lps, volume.shape,
-                                                                       f"{where} frame {frame + 1}")
+        return {(str(source.SOPInstanceUID), frame + 1): (geometry[frame], f"{volume.slice_files[0]} frame {frame + 1}")
                 for frame in volume.slice_frames}
-    return {(str(ds.SOPInstanceUID), 0): _source_plane(ds, affine_lps, volume.shape, file)
-            for ds, file in zip(datasets, volume.slice_files, strict=True)}
+    return {(str(ds.SOPInstanceUID), 0): (ds, file) for ds, file in zip(datasets, volume.slice_files, strict=True)}
+
+
+def _source_planes(images: dict[tuple[str, int], tuple[Dataset, str]], affine_lps: np.ndarray,
+                   shape: tuple[int, ...]) -> dict[tuple[str, int], _Plane]:
+    """Each source image's plane on the label grid."""
+    return {key: _source_plane(ds, affine_lps, shape, where) for key, (ds, where) in images.items()}
 
 
 def _require_acquired_slices(volume: Volume, path: Path) -> None:
@@ -337,7 +340,8 @@ def write_dicom_seg(
 
     datasets = _read_sources(volume)
     affine_lps = lps_to_ras(volume.affine)
-    sources = _source_planes(volume, datasets, affine_lps)
+    images = _source_images(volume, datasets)
+    sources = _source_planes(images, affine_lps, volume.shape)
     planes = list(sources.values())
     _check_planes(planes, labels, volume)
     to_segment = np.zeros(256, dtype=np.uint8)
@@ -364,7 +368,7 @@ def write_dicom_seg(
         )
     except ValueError as exc:
         raise InputError(f"highdicom refused the segmentation: {exc}", volume.source or path) from exc
-    _verify_frames(seg, sources, datasets[0].SeriesInstanceUID, affine_lps, volume.shape, volume.slice_files[0])
+    _verify_frames(seg, images, datasets[0].SeriesInstanceUID, volume.slice_files[0])
     with atomic_path(path) as temporary:
         seg.save_as(temporary)
     return DicomSegResult(
@@ -412,28 +416,30 @@ def _check_planes(planes: list[_Plane], labels: np.ndarray, volume: Volume) -> N
                             "only describe voxels of its source images", volume.source)
 
 
-def _verify_frames(seg: Dataset, sources: dict[tuple[str, int], _Plane], series_uid: str, affine_lps: np.ndarray,
-                   shape: tuple[int, ...], where: str) -> None:
-    """Every frame references a source image (and frame) and lies on that image's plane of the label grid."""
+def _verify_frames(seg: Dataset, images: dict[tuple[str, int], tuple[Dataset, str]], series_uid: str,
+                   where: str) -> None:
+    """Every frame references a source image (and frame) and sits at its position, orientation and pixel spacing."""
     shared = seg.SharedFunctionalGroupsSequence[0]
     series = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
     if series != {series_uid}:
         raise GeometryError(f"SEG references series {sorted(series)}, not {series_uid}", where)
     for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
         key = _referenced_image(item)
-        if key not in sources:
+        if key not in images:
             raise GeometryError(f"SEG frame {number} references an image outside the series ({key[0]}"
                                 f"{f' frame {key[1]}' if key[1] else ''})", where)
+        ds, file = images[key]
         orientation = (item.get("PlaneOrientationSequence") or shared.PlaneOrientationSequence)[0]
         measures = (item.get("PixelMeasuresSequence") or shared.PixelMeasuresSequence)[0]
-        try:
-            plane = _image_plane(item.PlanePositionSequence[0].ImagePositionPatient,
-                                 orientation.ImageOrientationPatient, measures.PixelSpacing, int(seg.Rows),
-                                 int(seg.Columns), affine_lps, shape, where)
-        except GeometryError as exc:
-            raise GeometryError(f"SEG frame {number} does not lie on the label grid ({exc.message})", where) from exc
-        if plane != sources[key]:
-            raise GeometryError(f"SEG frame {number} does not lie on its source image", where)
+        position = np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        error = float(np.abs(position - np.array(ds.ImagePositionPatient, dtype=float)).max())
+        if (error > POSITION_TOLERANCE_MM
+                or not np.allclose(np.array(orientation.ImageOrientationPatient, dtype=float),
+                                   np.array(ds.ImageOrientationPatient, dtype=float), atol=1e-6)
+                or not np.allclose(np.array(measures.PixelSpacing, dtype=float),
+                                   np.array(ds.PixelSpacing, dtype=float), rtol=1e-6)):
+            raise GeometryError(f"SEG frame {number} does not lie on its source image (position off by "
+                                f"{error:.3g} mm, or orientation/spacing differ)", file)
 
 
 def _referenced_image(item: Dataset) -> tuple[str, int]:
@@ -494,7 +500,8 @@ def read_dicom_seg_labels(seg_path: str | os.PathLike[str], volume: Volume, *,
     values = _segment_values(seg, label_map, path)
     affine_lps = lps_to_ras(volume.affine)
     shared = seg.SharedFunctionalGroupsSequence[0]
-    source_planes = _source_planes(volume, _read_sources(volume), affine_lps) if volume.slice_files else {}
+    source_planes = (_source_planes(_source_images(volume, _read_sources(volume)), affine_lps, volume.shape)
+                     if volume.slice_files else {})
 
     labels = np.zeros(volume.shape, dtype=np.uint8)
     for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
