@@ -82,7 +82,7 @@ def _great_vessels(model: ChestModel, y: np.ndarray, z: np.ndarray) -> np.ndarra
     s = model.shape
     if s.upper_mediastinum <= 0:
         return np.zeros(np.broadcast(y, z).shape, dtype=np.float32)
-    heart_top = s.heart_centre[2] + 35.0
+    heart_top = s.heart_centre[2] + s.heart_axes[2] * s.heart_scale - 11.0   # the vessels leave the heart's top
     rise = 1.0 / (1.0 + np.exp(-(z - heart_top) / 10.0))
     inlet = 0.3 + 0.7 / (1.0 + np.exp((z - 20.0) / 15.0))
     across = np.exp(-((np.abs(y - 5.0) / 65.0) ** 4))
