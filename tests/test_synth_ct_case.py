@@ -181,3 +181,32 @@ def test_settings_vary_between_cases_and_repeat_per_seed():
     assert len({a.surroundings.padding_hu for a in seen}) == 3
     assert any(a.iterative > 0 for a in seen)
     assert _acquisition(7, 64, 10) == _acquisition(7, 64, 10)
+
+
+def test_balanced_findings_reach_every_kinds_expected_share_and_keep_the_other_draws():
+    from medseg.data.phantom.ct_case import DEFAULT_FINDING_RATES, balanced_findings, case_seed, choose_findings
+
+    cases = 30
+    plan = balanced_findings(1, cases)
+    independent = [choose_findings(component_rng(case_seed(1, i), "finding_kinds")) for i in range(cases)]
+    assert not any("cardiomegaly" in kinds for kinds in independent)   # seed 1 alone would miss it
+    for kind, rate in DEFAULT_FINDING_RATES.items():
+        assert sum(kind in kinds for kinds in plan) >= int(np.ceil(rate * cases))
+    for drawn, planned in zip(independent, plan, strict=True):
+        assert set(drawn) <= set(planned)                              # only additions, never removals
+    changed = sum(drawn != planned for drawn, planned in zip(independent, plan, strict=True))
+    assert 0 < changed < cases
+    assert balanced_findings(1, cases) == plan
+
+
+def test_cli_balanced_findings_writes_them_to_the_manifest(tmp_path):
+    out = tmp_path / "set"
+    result = CliRunner().invoke(main, ["synth", "ct", "--cases", "2", "--size", "32", "--slices", "8",
+                                       "--out", str(out), "--seed", "3", "--findings", "balanced",
+                                       "--without", "vessels", "--without", "airways"])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(out / "manifest.yaml")
+    recorded = [set(case.metadata["findings"]) for case in manifest.cases]
+    assert set().union(*recorded) == {"nodule", "effusion", "pneumothorax", "emphysema", "consolidation",
+                                      "cardiomegaly"}                  # ceil(rate x 2) = 1 case each
+    assert "balanced" in manifest.provenance.notes

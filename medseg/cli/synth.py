@@ -19,11 +19,13 @@ def synth() -> None:
     """Generate synthetic data (the project's own training and test data)."""
 
 
-def _parse_findings(value: str) -> list[str] | None:
+def _parse_findings(value: str) -> list[str] | str | None:
     from medseg.data.phantom import FINDING_KINDS
 
     if value == "random":
         return None
+    if value == "balanced":
+        return value
     if value == "none":
         return []
     kinds = [part.strip() for part in value.split(",") if part.strip()]
@@ -43,7 +45,8 @@ def _parse_findings(value: str) -> list[str] | None:
 @click.option("--slices", type=click.IntRange(min=2), default=None,
               help="Slices per case [default: varies with the sampled slice spacing, 0.625-5 mm].")
 @click.option("--findings", default="random", show_default=True,
-              help="'random' (each kind at its default rate), 'none', or a comma list for every case "
+              help="'random' (each kind at its default rate), 'balanced' (random, then every kind topped up to "
+                   "its expected share of cases: training sets), 'none', or a comma list for every case "
                    "(nodule,effusion,pneumothorax,emphysema,consolidation,cardiomegaly).")
 @click.option("--without", "without", multiple=True, type=click.Choice(_COMPONENT_NAMES),
               help="Switch a realism component off (repeatable).")

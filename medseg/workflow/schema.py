@@ -144,7 +144,7 @@ class SynthesizeStep(_Strict):
     seed: int = 0
     size: int = Field(256, ge=64, le=1024, description="Matrix (ct) or image (cxr) size in pixels.")
     slices: int | None = Field(None, ge=8, description="ct: slices per case (default: from the sampled spacing).")
-    findings: str = Field("random", description="ct: random | none | comma list of finding kinds.")
+    findings: str = Field("random", description="ct: random | balanced | none | comma list of finding kinds.")
     workers: int = Field(1, ge=1, description="cxr: parallel processes.")
 
 

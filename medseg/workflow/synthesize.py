@@ -56,17 +56,19 @@ def _generate(step: SynthesizeStep, folder: Path, kinds: list[str] | None, progr
                                    progress=advance, command=f"medseg run (synthesize cxr, seed {step.seed})")
 
 
-def _finding_kinds(value: str) -> list[str] | None:
-    """`random` -> None (each kind at its rate), `none` -> [], else the listed kinds (checked)."""
+def _finding_kinds(value: str) -> list[str] | str | None:
+    """`random` -> None (each kind at its rate), `balanced` (kept), `none` -> [], else the listed kinds (checked)."""
     from medseg.data.phantom import FINDING_KINDS
 
     if value == "random":
         return None
+    if value == "balanced":
+        return value
     kinds = [] if value == "none" else [part.strip() for part in value.split(",") if part.strip()]
     unknown = [kind for kind in kinds if kind not in FINDING_KINDS]
     if unknown:
-        raise ConfigError(f"synthesize.findings: unknown finding(s) {unknown}; use random, none or a comma list of "
-                          f"{', '.join(FINDING_KINDS)}")
+        raise ConfigError(f"synthesize.findings: unknown finding(s) {unknown}; use random, balanced, none or a "
+                          f"comma list of {', '.join(FINDING_KINDS)}")
     return kinds
 
 

@@ -37,8 +37,8 @@ from medseg.io.volume import Volume
 from medseg.io.volume_files import write_nifti
 from medseg.labels import label_map
 
-__all__ = ["DEFAULT_FINDING_RATES", "CaseResult", "case_seed", "choose_findings", "synth_ct_case",
-           "synth_ct_dataset"]
+__all__ = ["DEFAULT_FINDING_RATES", "CaseResult", "balanced_findings", "case_seed", "choose_findings",
+           "synth_ct_case", "synth_ct_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,25 @@ def choose_findings(rng: np.random.Generator, rates: dict[str, float] | None = N
     """Independent draws of each finding kind with the given rates."""
     rates = DEFAULT_FINDING_RATES if rates is None else rates
     return [kind for kind in FINDING_KINDS if rng.uniform() < rates.get(kind, 0.0)]
+
+
+def balanced_findings(seed: int, cases: int, rates: dict[str, float] | None = None) -> list[list[str]]:
+    """Per-case finding kinds for a dataset in which every kind is present in at least its expected share.
+
+    Each case first draws its kinds as `synth_ct_case` would on its own (`choose_findings`); a kind found in
+    fewer than ceil(rate x cases) cases is then added to randomly chosen cases that lack it. A small training
+    set drawn independently can miss a finding altogether (30 cases at 8 % hold no cardiomegaly one time in
+    twelve); the cases that gain a finding keep their patient (anatomy streams do not depend on findings).
+    """
+    rates = DEFAULT_FINDING_RATES if rates is None else rates
+    plan = [choose_findings(component_rng(case_seed(seed, index), "finding_kinds"), rates) for index in range(cases)]
+    rng = np.random.default_rng([seed, 2024])
+    for kind in FINDING_KINDS:
+        lacking = [index for index, kinds in enumerate(plan) if kind not in kinds]
+        missing = int(np.ceil(rates.get(kind, 0.0) * cases - 1e-9)) - (cases - len(lacking))
+        for index in rng.permutation(lacking)[:max(missing, 0)]:
+            plan[int(index)].append(kind)
+    return [[kind for kind in FINDING_KINDS if kind in kinds] for kinds in plan]
 
 
 def _uid(*parts: object) -> str:
@@ -229,21 +248,29 @@ def synth_ct_case(folder: str | Path, seed: int, *, case_id: str | None = None, 
 
 
 def synth_ct_dataset(out: str | Path, cases: int, seed: int, *, size: int = 512, slices: int | None = None,
-                     findings: Sequence[str] | None = None, components: Components | None = None,
+                     findings: Sequence[str] | str | None = None, components: Components | None = None,
                      preview: bool = False, splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
                      on_case: Callable[[CaseResult], None] | None = None,
                      progress: Callable[[int, int], None] | None = None) -> Path:
-    """Generate `cases` cases under `out` and write `out/manifest.yaml`; returns the manifest path."""
+    """Generate `cases` cases under `out` and write `out/manifest.yaml`; returns the manifest path.
+
+    `findings`: None draws each case's kinds independently at `DEFAULT_FINDING_RATES`, "balanced" as well but
+    with every kind in at least its expected share of cases (`balanced_findings`), a list gives every case
+    those kinds.
+    """
     from medseg import __version__
     from medseg.data.manifest import Manifest, Provenance, assign_patient_splits, build_case, save_manifest
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(findings, str) and findings != "balanced":
+        raise ValueError(f"findings must be None, 'balanced' or a list of kinds, not {findings!r}")
+    plan = balanced_findings(seed, cases) if findings == "balanced" else [findings] * cases
     results = []
     for index in range(cases):
         case_id = f"case_{index:03d}"
         result = synth_ct_case(out / case_id, case_seed(seed, index), case_id=case_id, size=size, slices=slices,
-                               findings=findings, components=components, preview=preview, progress=progress)
+                               findings=plan[index], components=components, preview=preview, progress=progress)
         results.append(result)
         if on_case is not None:
             on_case(result)
@@ -260,7 +287,8 @@ def synth_ct_dataset(out: str | Path, cases: int, seed: int, *, size: int = 512,
         name=f"medseg-phantom-ct-seed{seed}", task="segmentation", label_map=label_map("lobes").names(background=True),
         label_maps={"lobes": "lobes", "lungs": "lungs"}, cases=records,
         provenance=Provenance(source="synthetic", generator="medseg synth ct", generator_version=__version__,
-                              seed=seed, notes=f"{cases} cases, size {size}, slices {slices or 'varied'}"),
+                              seed=seed, notes=f"{cases} cases, size {size}, slices {slices or 'varied'}"
+                                    + (", findings balanced" if findings == "balanced" else "")),
     )
     path = out / "manifest.yaml"
     save_manifest(manifest, path)
