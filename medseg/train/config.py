@@ -106,6 +106,9 @@ class ScheduleConfig(_Strict):
     patch: tuple[int, int] = Field((192, 160), description="Training slice size on the model grid (pad / crop).")
     patience: int | None = Field(None, ge=1, description="Early stopping after N epochs without improvement.")
     val_every: int = Field(1, ge=1, description="Validate every N epochs (and at the last).")
+    sample_boost: dict[str, float] = Field(
+        default_factory=dict, description="Segmentation: draw slices holding these labels more often, "
+        "{label name: factor} (the label's area counts `factor` times in a slice's sampling weight).")
 
     @field_validator("patch")
     @classmethod

@@ -58,7 +58,7 @@ class _Batches:
     """Batches of augmented, windowed 2.5D samples for one epoch (seeded by seed and epoch)."""
 
     def __init__(self, cases: list[CachedCase], preprocessing, patch: tuple[int, int], batch_size: int,
-                 seed: int) -> None:
+                 seed: int, boost: dict[int, float] | None = None) -> None:
         from medseg.transforms import segmentation_augmentation
 
         self.cases = cases
@@ -66,6 +66,7 @@ class _Batches:
         self.patch = patch
         self.batch_size = batch_size
         self.seed = seed
+        self.boost = boost
         self.augment = segmentation_augmentation(preprocessing.augmentation)
         self.windows = [(w.center, w.width) for w in preprocessing.windows]
 
@@ -73,7 +74,7 @@ class _Batches:
         from medseg.transforms.intensity import window_stacks
 
         sampler = SliceSampler(self.cases, self.preprocessing.stack, self.patch, seed=self.seed * 1000 + epoch,
-                               augmentation=self.preprocessing.augmentation)
+                               augmentation=self.preprocessing.augmentation, boost=self.boost)
         self.augment.set_random_state(seed=self.seed * 1000 + epoch)
         position_rng = np.random.default_rng([self.seed, epoch, 11])
         dropout = self.preprocessing.augmentation.position_dropout
@@ -126,6 +127,16 @@ def _validator(cases: list[CachedCase], preprocessing, labels: dict[int, str], d
     return validate
 
 
+def _sample_boost(config: TrainConfig, labels: dict[int, str]) -> dict[int, float]:
+    """`schedule.sample_boost` by label value; an unknown label name is a config error."""
+    by_name = {name: value for value, name in labels.items()}
+    unknown = sorted(set(config.schedule.sample_boost) - set(by_name))
+    if unknown:
+        raise ConfigError(f"schedule.sample_boost names labels {unknown} that the label map lacks "
+                          f"(it has {sorted(by_name)})")
+    return {by_name[name]: float(factor) for name, factor in config.schedule.sample_boost.items()}
+
+
 def train_segmentation(config: TrainConfig, *, resume: bool = False, progress: bool = True,
                        config_path: Path | None = None) -> TrainSummary:
     """Train a 2.5D segmentation model as `config` says; checkpoints land in `config.output`."""
@@ -139,6 +150,7 @@ def train_segmentation(config: TrainConfig, *, resume: bool = False, progress: b
         raise ConfigError("segmentation training needs a CT preprocessing config with a target spacing")
 
     labels = _label_map(config)
+    boost = _sample_boost(config, labels)
     train_cases = _cases(config, config.data.train_splits, preprocessing, cache_dir, progress)
     val_cases = _cases(config, config.data.val_splits, preprocessing, cache_dir, progress)
     log.info("training on %d cases, validating on %d", len(train_cases), len(val_cases))
@@ -163,7 +175,7 @@ def train_segmentation(config: TrainConfig, *, resume: bool = False, progress: b
         save_checkpoint(path, net, card)
 
     trainer = Trainer(model, loss, _Batches(train_cases, preprocessing, schedule.patch, schedule.batch_size,
-                                            config.seed),
+                                            config.seed, boost),
                       _validator(val_cases, preprocessing, labels, device, schedule.batch_size), settings, run_dir,
                       save_model, device=device, progress=progress)
     if resume:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +40,13 @@ class CachedCase:
     image: np.ndarray
     label: np.ndarray
 
-    @property
-    def slice_weights(self) -> np.ndarray:
-        """Sampling weight per slice: labelled area, plus a floor so every slice can be drawn."""
-        area = (self.label > 0).reshape(self.label.shape[0], -1).mean(axis=1)
+    def slice_weights(self, boost: Mapping[int, float] | None = None) -> np.ndarray:
+        """Sampling weight per slice: labelled area (label `v`'s area counted `boost[v]` times, 1 when not
+        given), plus a floor so every slice can be drawn."""
+        flat = self.label.reshape(self.label.shape[0], -1)
+        area = (flat > 0).mean(axis=1)
+        for value, factor in (boost or {}).items():
+            area = area + (float(factor) - 1.0) * (flat == value).mean(axis=1)
         return area + 0.1 * max(float(area.mean()), 1e-3)
 
 
@@ -101,7 +104,8 @@ class SliceSampler:
     """Endless stream of (stack, label) training samples of a fixed size, favouring lung slices."""
 
     def __init__(self, cases: Sequence[CachedCase], stack: int, patch: Sequence[int], seed: int,
-                 augmentation: AugmentationConfig | None = None) -> None:
+                 augmentation: AugmentationConfig | None = None, boost: Mapping[int, float] | None = None
+                 ) -> None:
         if not cases:
             raise ConfigError("no training cases")
         self.cases = list(cases)
@@ -111,7 +115,8 @@ class SliceSampler:
         self._scanner = scanner if scanner is not None and scanner.enabled else None
         self.patch = tuple(int(p) for p in patch)
         self.rng = np.random.default_rng(seed)
-        self._weights = [c.slice_weights / c.slice_weights.sum() for c in self.cases]
+        weights = [c.slice_weights(boost) for c in self.cases]
+        self._weights = [w / w.sum() for w in weights]
         sizes = np.array([c.image.shape[0] for c in self.cases], dtype=np.float64)
         self._case_p = sizes / sizes.sum()
 
