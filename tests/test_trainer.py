@@ -319,3 +319,43 @@ def test_resume_uses_the_state_file_weights_when_the_checkpoint_pair_was_torn(tm
     second.resume()
     second.fit()
     _assert_same_weights(_weights(second.model), _weights(whole.model))
+
+
+# ------------------------------------------------------------------------------------- weight average (EMA)
+
+
+def test_ema_checkpoints_hold_the_moving_average_of_every_step_and_resume_exactly(tmp_path: Path) -> None:
+    decay = 0.5
+    settings = _settings(epochs=2, steps_per_epoch=3, ema_decay=decay)
+    trainer = _trainer(_model(), tmp_path / "ema", settings)
+    expected: dict[str, torch.Tensor] = {}
+
+    def average(*_args) -> None:        # the EMA by hand, after each optimizer step (first step: a copy)
+        for key, value in trainer.model.state_dict().items():
+            value = value.detach().clone().float()
+            expected[key] = value if key not in expected else decay * expected[key] + (1 - decay) * value
+
+    trainer.optimizer.register_step_post_hook(average)
+    trainer.fit()
+    saved = _weights(tmp_path / "ema" / "last.safetensors")
+    for key, value in expected.items():
+        assert torch.allclose(saved[key], value, atol=1e-6), key
+    raw = _weights(trainer.model)
+    assert any(not torch.equal(saved[key], raw[key]) for key in raw)   # the raw weights are not what is saved
+
+    whole = _trainer(_model(), tmp_path / "whole", _settings(epochs=3, steps_per_epoch=3, ema_decay=decay))
+    whole.fit()
+    split = _trainer(_model(), tmp_path / "split", _settings(epochs=3, steps_per_epoch=3, ema_decay=decay),
+                     batches=_interrupt_at(2, _batches(2)))
+    with pytest.raises(_InterruptedError):
+        split.fit()
+    again = _trainer(_model(seed=3), tmp_path / "split", _settings(epochs=3, steps_per_epoch=3, ema_decay=decay))
+    again.resume()
+    again.fit()
+    _assert_same_weights(_weights(tmp_path / "split" / "last.safetensors"),
+                         _weights(tmp_path / "whole" / "last.safetensors"))
+    assert "ema" in torch.load(tmp_path / "split" / "last_state.pt", weights_only=True)
+    no_average = _trainer(_model(), tmp_path / "plain", _settings(epochs=1, steps_per_epoch=2))
+    no_average.fit()
+    with pytest.raises(ConfigError, match="weight average"):
+        _trainer(_model(), tmp_path / "plain", _settings(epochs=2, steps_per_epoch=2, ema_decay=decay)).resume()

@@ -96,6 +96,8 @@ class OptimizerConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.02, ge=0, le=1, description="Final learning rate of the cosine, as a ratio.")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="Validate and save an exponential moving "
+                                    "average of the weights (updated every optimizer step) instead of the raw ones.")
 
 
 class ScheduleConfig(_Strict):

@@ -61,5 +61,6 @@ def loop_settings(config: TrainConfig, amp: bool, monitor: str) -> LoopSettings:
     schedule, optimizer = config.schedule, config.optimizer
     return LoopSettings(epochs=schedule.epochs, steps_per_epoch=schedule.steps_per_epoch, lr=optimizer.lr,
                         weight_decay=optimizer.weight_decay, warmup_steps=optimizer.warmup_steps,
-                        min_lr_ratio=optimizer.min_lr_ratio, grad_accum=schedule.grad_accum, amp=amp,
+                        min_lr_ratio=optimizer.min_lr_ratio, ema_decay=optimizer.ema_decay,
+                        grad_accum=schedule.grad_accum, amp=amp,
                         patience=schedule.patience, val_every=schedule.val_every, monitor=monitor, seed=config.seed)

@@ -43,6 +43,8 @@ class LoopSettings:
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     min_lr_ratio: float = 0.02
+    ema_decay: float | None = None
+    """Validate and checkpoint an exponential moving average of the weights (None: the raw weights)."""
     grad_accum: int = 1
     amp: bool = False
     patience: int | None = None
@@ -98,12 +100,22 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() \
             else torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.amp and self.amp_dtype == torch.float16)
+        self.ema = None
+        if settings.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
         self.epoch = 0
         self.best_metric = -math.inf
         self.best_epoch = 0
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self._writer = None
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """What validation sees and checkpoints hold: the weight average when there is one, else the model."""
+        return self.model if self.ema is None else self.ema.module
 
     # ----------------------------------------------------------------------------------- state & resume
 
@@ -116,6 +128,8 @@ class Trainer:
                  "bad_epochs": self.bad_epochs, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "history": self.history, "torch_rng": torch.get_rng_state()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         with atomic_path(self.state_path) as temporary:
@@ -142,6 +156,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ConfigError("cannot resume with optimizer.ema_decay: the saved run kept no weight average",
+                                  self.run_dir)
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
@@ -171,7 +190,7 @@ class Trainer:
                 metrics = {"epoch": self.epoch, "step": self.epoch * s.steps_per_epoch, "train_loss": train_loss,
                            "lr": self.scheduler.get_last_lr()[0]}
                 if self.epoch % s.val_every == 0 or self.epoch == s.epochs:
-                    validation = self.validate(self.model)
+                    validation = self.validate(self.evaluated_model)
                     if s.monitor not in validation:
                         raise ConfigError(f"validation reported {sorted(validation)} but not the monitored metric "
                                           f"{s.monitor!r}")
@@ -207,6 +226,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             total += step_loss
             count += 1
             bar.update(task, advance=1, info=f"epoch {self.epoch + 1}/{s.epochs} loss {total / count:.4f}"
@@ -218,12 +239,12 @@ class Trainer:
         s = self.settings
         self.history.append(metrics)
         self._write_metrics(metrics)
-        self.save_model(self.run_dir / "last.safetensors", self.model, metrics)
+        self.save_model(self.run_dir / "last.safetensors", self.evaluated_model, metrics)
         if s.monitor in metrics:
             value = float(metrics[s.monitor])
             if value > self.best_metric:
                 self.best_metric, self.best_epoch = value, self.epoch
-                self.save_model(self.run_dir / "best.safetensors", self.model, metrics)
+                self.save_model(self.run_dir / "best.safetensors", self.evaluated_model, metrics)
             self.bad_epochs = self.epoch - self.best_epoch   # epochs since the best, whatever val_every is
         self._save_state()
         return self._patience_spent()
