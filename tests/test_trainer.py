@@ -326,14 +326,18 @@ def test_resume_uses_the_state_file_weights_when_the_checkpoint_pair_was_torn(tm
 
 def test_ema_checkpoints_hold_the_moving_average_of_every_step_and_resume_exactly(tmp_path: Path) -> None:
     decay = 0.5
-    settings = _settings(epochs=2, steps_per_epoch=3, ema_decay=decay)
+    settings = _settings(epochs=2, steps_per_epoch=5, ema_decay=decay)
     trainer = _trainer(_model(), tmp_path / "ema", settings)
     expected: dict[str, torch.Tensor] = {}
 
+    updates = [0]
+
     def average(*_args) -> None:        # the EMA by hand, after each optimizer step (first step: a copy)
+        d = min(decay, (1 + updates[0]) / (10 + updates[0]))                # warm-up: recent weights first
         for key, value in trainer.model.state_dict().items():
             value = value.detach().clone().float()
-            expected[key] = value if key not in expected else decay * expected[key] + (1 - decay) * value
+            expected[key] = value if key not in expected else d * expected[key] + (1 - d) * value
+        updates[0] += 1
 
     trainer.optimizer.register_step_post_hook(average)
     trainer.fit()

@@ -75,6 +75,30 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The EMA decay for the update after `updates` earlier ones: min(decay, (1 + n) / (10 + n)).
+
+    A fixed decay keeps the random initial weights in the average for thousands of steps (0.997 ** 800 = 9 %
+    after 8 CPU epochs: validation Dice 0.40); the warm-up averages only the recent past until `decay` is
+    reached."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def ema_with_warmup(decay: float) -> Callable:
+    """`AveragedModel` multi_avg_fn: an exponential moving average whose decay warms up (`ema_decay_at`)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        d = ema_decay_at(decay, int(updates))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:   # integer buffers (BatchNorm's num_batches_tracked)
+            for mean, value in zip(averaged, current, strict=True):
+                mean.copy_(mean * d + value * (1.0 - d))
+
+    return update
+
+
 class Trainer:
     """Train `model` on `batches(epoch)` and select by `validate(model)[settings.monitor]`."""
 
@@ -102,9 +126,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.amp and self.amp_dtype == torch.float16)
         self.ema = None
         if settings.ema_decay is not None:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from torch.optim.swa_utils import AveragedModel
 
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
+            self.ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(settings.ema_decay), use_buffers=True)
         self.epoch = 0
         self.best_metric = -math.inf
         self.best_epoch = 0
