@@ -44,3 +44,6 @@ def test_sample_boost_names_must_be_labels() -> None:
     config.schedule.sample_boost = {"RML": 3.0}
     with pytest.raises(ConfigError, match="RML"):
         _sample_boost(config, labels)
+    config.schedule.sample_boost = {"right_middle_lobe": -1.0}
+    with pytest.raises(ConfigError, match="> 0"):
+        _sample_boost(config, labels)

@@ -134,6 +134,9 @@ def _sample_boost(config: TrainConfig, labels: dict[int, str]) -> dict[int, floa
     if unknown:
         raise ConfigError(f"schedule.sample_boost names labels {unknown} that the label map lacks "
                           f"(it has {sorted(by_name)})")
+    bad = {name: factor for name, factor in config.schedule.sample_boost.items() if not factor > 0}
+    if bad:
+        raise ConfigError(f"schedule.sample_boost factors must be > 0 (1 = no boost), got {bad}")
     return {by_name[name]: float(factor) for name, factor in config.schedule.sample_boost.items()}
 
 
