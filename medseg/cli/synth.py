@@ -20,20 +20,12 @@ def synth() -> None:
 
 
 def _parse_findings(value: str) -> list[str] | str | None:
-    from medseg.data.phantom import FINDING_KINDS
+    from medseg.data.phantom.findings import parse_finding_kinds
 
-    if value == "random":
-        return None
-    if value == "balanced":
-        return value
-    if value == "none":
-        return []
-    kinds = [part.strip() for part in value.split(",") if part.strip()]
-    unknown = [kind for kind in kinds if kind not in FINDING_KINDS]
-    if unknown:
-        raise click.BadParameter(f"unknown finding(s) {unknown}; choose from {', '.join(FINDING_KINDS)}",
-                                 param_hint="--findings")
-    return kinds
+    try:
+        return parse_finding_kinds(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--findings") from None
 
 
 @synth.command("ct")

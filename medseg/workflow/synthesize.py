@@ -35,7 +35,7 @@ def _is_current(out: Path, stamp: dict) -> bool:
         return False
 
 
-def _generate(step: SynthesizeStep, folder: Path, kinds: list[str] | None, progress: bool) -> None:
+def _generate(step: SynthesizeStep, folder: Path, kinds: list[str] | str | None, progress: bool) -> None:
     from medseg.progress import eta_progress
 
     with eta_progress(enabled=progress) as bar:
@@ -57,19 +57,13 @@ def _generate(step: SynthesizeStep, folder: Path, kinds: list[str] | None, progr
 
 
 def _finding_kinds(value: str) -> list[str] | str | None:
-    """`random` -> None (each kind at its rate), `balanced` (kept), `none` -> [], else the listed kinds (checked)."""
-    from medseg.data.phantom import FINDING_KINDS
+    """`medseg.data.phantom.findings.parse_finding_kinds`, its error as a workflow config error."""
+    from medseg.data.phantom.findings import parse_finding_kinds
 
-    if value == "random":
-        return None
-    if value == "balanced":
-        return value
-    kinds = [] if value == "none" else [part.strip() for part in value.split(",") if part.strip()]
-    unknown = [kind for kind in kinds if kind not in FINDING_KINDS]
-    if unknown:
-        raise ConfigError(f"synthesize.findings: unknown finding(s) {unknown}; use random, balanced, none or a "
-                          f"comma list of {', '.join(FINDING_KINDS)}")
-    return kinds
+    try:
+        return parse_finding_kinds(value)
+    except ValueError as error:
+        raise ConfigError(f"synthesize.findings: {error}") from None
 
 
 def synthesize(step: SynthesizeStep, *, progress: bool = True) -> bool:

@@ -18,9 +18,27 @@ from medseg.labels import label_map
 if TYPE_CHECKING:
     from medseg.data.phantom.model import ChestModel
 
-__all__ = ["FINDING_KINDS", "Consolidation", "Effusion", "Emphysema", "Nodule", "Pneumothorax", "Sphere"]
+__all__ = ["FINDING_KINDS", "Consolidation", "Effusion", "Emphysema", "Nodule", "Pneumothorax", "Sphere",
+           "parse_finding_kinds"]
 
 FINDING_KINDS = ("nodule", "effusion", "pneumothorax", "emphysema", "consolidation", "cardiomegaly")
+
+
+def parse_finding_kinds(value: str) -> list[str] | str | None:
+    """A `--findings` / `synthesize.findings` value: `random` -> None (each kind at its rate), `balanced` (kept,
+    see `ct_case.balanced_findings`), `none` -> [], else the comma-listed kinds; ValueError names unknown ones."""
+    if value == "random":
+        return None
+    if value == "balanced":
+        return value
+    kinds = [] if value == "none" else [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [kind for kind in kinds if kind not in FINDING_KINDS]
+    if unknown:
+        raise ValueError(f"unknown finding(s) {unknown}; use random, balanced, none or a comma list of "
+                         f"{', '.join(FINDING_KINDS)}")
+    return kinds
+
+
 _LOBE_NAMES = label_map("lobes").short_names()
 _LUNG_CODES = (Tissue.LUNG, Tissue.FISSURE)
 
